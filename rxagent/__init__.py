@@ -1,0 +1,84 @@
+"""rxagent: streaming LLM agents as RxPY (reactivex) operator pipelines."""
+
+from rxagent import events, ops, policies
+from rxagent.agent import DEFAULT_POLICY, Agent, Run, collect_final
+from rxagent.aio import from_async_iterable, to_async_iterable
+from rxagent.errors import (
+    AgentError,
+    ProviderError,
+    ToolArgumentsError,
+    ToolError,
+    ToolExecutionError,
+    ToolsFailed,
+    ToolTimeoutError,
+    UnknownToolError,
+)
+from rxagent.events import AgentEvent, AgentRun
+from rxagent.messages import (
+    AssistantMessage,
+    Conversation,
+    Message,
+    SystemMessage,
+    ToolCall,
+    ToolCallStatus,
+    ToolMessage,
+    Usage,
+    UserMessage,
+)
+from rxagent.policies import LoopState, Policy, StepOutcome, StopReason
+from rxagent.providers import Provider, ProviderRequest, ScriptedProvider, scripted
+from rxagent.tools import JoinPolicy, Tool, tool
+from rxagent.validation import (
+    ValidationPolicy,
+    Violation,
+    ViolationCode,
+    validate_conversation,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "Agent",
+    "AgentError",
+    "AgentEvent",
+    "AgentRun",
+    "AssistantMessage",
+    "Conversation",
+    "JoinPolicy",
+    "LoopState",
+    "Message",
+    "Policy",
+    "Provider",
+    "ProviderError",
+    "ProviderRequest",
+    "Run",
+    "ScriptedProvider",
+    "StepOutcome",
+    "StopReason",
+    "SystemMessage",
+    "Tool",
+    "ToolArgumentsError",
+    "ToolCall",
+    "ToolCallStatus",
+    "ToolError",
+    "ToolExecutionError",
+    "ToolMessage",
+    "ToolTimeoutError",
+    "ToolsFailed",
+    "UnknownToolError",
+    "Usage",
+    "UserMessage",
+    "ValidationPolicy",
+    "Violation",
+    "ViolationCode",
+    "collect_final",
+    "events",
+    "from_async_iterable",
+    "ops",
+    "policies",
+    "scripted",
+    "to_async_iterable",
+    "tool",
+    "validate_conversation",
+]

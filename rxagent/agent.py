@@ -1,0 +1,323 @@
+"""Agent, Run and collect_final: the sugar over the operators, and one run's many observers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from concurrent.futures import Executor
+from typing import Any
+
+import reactivex as rx
+from reactivex import Observable, abc
+from reactivex.disposable import Disposable
+from reactivex.subject import Subject
+
+from rxagent import ops
+from rxagent.aio import call_on, current_loop, running_loop, to_async_iterable
+from rxagent.errors import AgentError
+from rxagent.events import AgentEvent, AgentRun, RunCompleted
+from rxagent.messages import Conversation, ConversationInput
+from rxagent.policies import Policy, StopReason, max_steps, until_no_tool_calls
+from rxagent.providers.base import Provider
+from rxagent.tools import JoinPolicy, Tool, ToolRegistry
+
+__all__ = ["DEFAULT_POLICY", "Agent", "Run", "collect_final"]
+
+log = logging.getLogger("rxagent")
+
+#: The policy of an agent given none: stop at the model's final answer, or after 10 steps.
+DEFAULT_POLICY = until_no_tool_calls() | max_steps(10)
+
+
+class Agent:
+    """A model, its tools and a stop policy; ``run(input)`` starts a :class:`Run`.
+
+    ``instructions`` go to the model as the first system message of every
+    request. ``max_tool_concurrency`` bounds how many tool calls of one step run
+    at once (``None``: no bound; ``1``: one after another). ``join`` says what
+    failing tool calls do (see :class:`~rxagent.tools.JoinPolicy`); the
+    default reports them to the model, which can then recover. ``tool_timeout``
+    (seconds) applies to tools without a timeout of their own. ``options`` go
+    to the provider with every request, unchanged.
+    """
+
+    def __init__(
+        self,
+        provider: Provider,
+        *,
+        tools: Iterable[Tool[..., Any] | Callable[..., Any]] = (),
+        instructions: str | None = None,
+        policy: Policy | None = None,
+        max_tool_concurrency: int | None = None,
+        join: JoinPolicy = JoinPolicy.REPORT_TO_MODEL,
+        tool_timeout: float | None = None,
+        options: Mapping[str, Any] | None = None,
+        executor: Executor | None = None,
+    ) -> None:
+        if not callable(getattr(provider, "stream", None)):
+            raise TypeError(f"provider must have a stream(request) method, got {provider!r}")
+        if max_tool_concurrency is not None and max_tool_concurrency < 1:
+            raise ValueError(
+                f"max_tool_concurrency must be None or at least 1, got {max_tool_concurrency}"
+            )
+        self.provider = provider
+        self.tools = ToolRegistry(tools)
+        self.instructions = instructions
+        self.policy = policy or DEFAULT_POLICY
+        self.max_tool_concurrency = max_tool_concurrency
+        self.join = JoinPolicy(join)
+        self.tool_timeout = tool_timeout
+        self.options = dict(options or {})
+        self.executor = executor
+
+    def operator(
+        self, *, cancel: Observable[Any] | None = None
+    ) -> Callable[[Observable[ConversationInput]], Observable[AgentEvent]]:
+        """The agent as an operator from conversations to run events (not multicast)."""
+        step = ops.step(
+            self.provider,
+            tools=self.tools,
+            instructions=self.instructions,
+            max_tool_concurrency=self.max_tool_concurrency,
+            join=self.join,
+            options=self.options,
+            tool_timeout=self.tool_timeout,
+            executor=self.executor,
+            cancel=cancel,
+        )
+        return ops.loop(step, self.policy)
+
+    def run(self, input: ConversationInput) -> Run:
+        """A run on ``input`` (text, messages or a Conversation); it starts when observed."""
+        conversation = Conversation.of(input)
+
+        def build(cancel: Observable[Any]) -> Observable[AgentEvent]:
+            return rx.just(conversation).pipe(self.operator(cancel=cancel))
+
+        return Run(build, conversation)
+
+    def run_sync(self, input: ConversationInput, *, timeout: float | None = None) -> AgentRun:
+        """Run to the end and return the result; for scripts with no running event loop."""
+        if running_loop() is not None:
+            raise RuntimeError(
+                "run_sync() would block the running event loop; "
+                "use `await ra.collect_final(agent.run(...))` instead"
+            )
+        return self.run(input).result(timeout=timeout)
+
+
+class _Subscriber:
+    __slots__ = ("active", "observer")
+
+    def __init__(self, observer: abc.ObserverBase[AgentEvent]) -> None:
+        self.observer = observer
+        self.active = True
+
+
+class Run(Observable[AgentEvent]):
+    """One agent run: an Observable of its events, shared by every observer.
+
+    The run starts when first subscribed and makes one provider call per step
+    however many observers subscribe. A subscriber that comes late gets every
+    event so far, then the live ones; after the end, the whole run is replayed.
+    Observers are called on the event loop the run lives on (the one running
+    where it was first subscribed, else rxagent's background loop). An
+    observer whose ``on_next`` raises is unsubscribed (and the error logged);
+    the others keep receiving.
+
+    ``cancel()``, or disposing the last subscription, stops the provider stream
+    and the running tools; the run then ends with ``RunCompleted`` whose
+    ``stop`` is ``cancelled`` and whose conversation still validates.
+
+    ``await ra.collect_final(run)`` gives the :class:`~rxagent.events.AgentRun`
+    (a plain ``await run`` gives the last event, as for any Observable);
+    ``async for event in run`` iterates the events; ``run.result()`` blocks
+    for the AgentRun outside the event loop.
+    """
+
+    def __init__(
+        self, build: Callable[[Observable[Any]], Observable[AgentEvent]], input: Conversation
+    ) -> None:
+        super().__init__()
+        self._build = build
+        self._input = input
+        self._cancel_signal: Subject[None] = Subject()
+        self._bind_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._events: list[AgentEvent] = []
+        self._subscribers: list[_Subscriber] = []
+        self._state = "idle"  # idle -> running -> done
+        self._error: Exception | None = None
+        self._connection: abc.DisposableBase | None = None
+
+    # -- what a caller can read ------------------------------------------------------
+    @property
+    def events(self) -> tuple[AgentEvent, ...]:
+        """The events so far."""
+        return tuple(self._events)
+
+    @property
+    def done(self) -> bool:
+        return self._state == "done"
+
+    @property
+    def error(self) -> Exception | None:
+        """The error the run failed with, if it failed."""
+        return self._error
+
+    @property
+    def input(self) -> Conversation:
+        return self._input.copy()
+
+    # -- Observable ------------------------------------------------------------------
+    def _subscribe_core(
+        self, observer: abc.ObserverBase[AgentEvent], scheduler: abc.SchedulerBase | None = None
+    ) -> abc.DisposableBase:
+        loop = self._bind()
+        subscriber = _Subscriber(observer)
+        call_on(loop, lambda: self._attach(subscriber))
+        return Disposable(lambda: call_on(loop, lambda: self._detach(subscriber)))
+
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        with self._bind_lock:
+            if self._loop is None:
+                self._loop = current_loop()
+            return self._loop
+
+    def _attach(self, subscriber: _Subscriber) -> None:
+        # Replay by index: an observer may cause events while it is replayed to.
+        i = 0
+        while i < len(self._events):
+            if not subscriber.active or not self._deliver(subscriber, self._events[i]):
+                return
+            i += 1
+        if not subscriber.active:
+            return
+        if self._state == "done":
+            subscriber.active = False
+            self._terminate(subscriber)
+            return
+        self._subscribers.append(subscriber)
+        if self._state == "idle":
+            self._connect()
+
+    def _detach(self, subscriber: _Subscriber) -> None:
+        if not subscriber.active:
+            return
+        subscriber.active = False
+        if subscriber in self._subscribers:
+            self._subscribers.remove(subscriber)
+        if not self._subscribers and self._state == "running":
+            self._cancel_now()
+
+    def _connect(self) -> None:
+        self._state = "running"
+        self._connection = self._build(self._cancel_signal).subscribe(
+            self._emit, self._fail, self._complete
+        )
+
+    def _deliver(self, subscriber: _Subscriber, event: AgentEvent) -> bool:
+        try:
+            subscriber.observer.on_next(event)
+        except Exception:
+            log.exception("an observer of a run raised in on_next; it is unsubscribed")
+            subscriber.active = False
+            if subscriber in self._subscribers:
+                self._subscribers.remove(subscriber)
+            return False
+        return True
+
+    def _emit(self, event: AgentEvent) -> None:
+        self._events.append(event)
+        for subscriber in tuple(self._subscribers):
+            if subscriber.active:
+                self._deliver(subscriber, event)
+
+    def _terminate(self, subscriber: _Subscriber) -> None:
+        try:
+            if self._error is not None:
+                subscriber.observer.on_error(self._error)
+            else:
+                subscriber.observer.on_completed()
+        except Exception:
+            log.exception("an observer of a run raised at the end of the run")
+
+    def _finish(self) -> None:
+        self._state = "done"
+        subscribers, self._subscribers = self._subscribers, []
+        for subscriber in subscribers:
+            if subscriber.active:
+                subscriber.active = False
+                self._terminate(subscriber)
+
+    def _fail(self, error: Exception) -> None:
+        self._error = error
+        self._finish()
+
+    def _complete(self) -> None:
+        self._finish()
+
+    # -- cancellation ----------------------------------------------------------------
+    def cancel(self) -> None:
+        """Stop the run: it ends with ``RunCompleted(stop="cancelled")``. Safe from any thread."""
+        loop = self._bind()
+        call_on(loop, self._cancel_now)
+
+    def _cancel_now(self) -> None:
+        if self._state == "running":
+            self._cancel_signal.on_next(None)
+        elif self._state == "idle":
+            run = AgentRun(messages=self._input.copy(), stop=StopReason.CANCELLED)
+            self._events.append(RunCompleted(step=0, run=run))
+            self._finish()
+
+    # -- asyncio ---------------------------------------------------------------------
+    def __aiter__(self) -> AsyncIterator[AgentEvent]:
+        return to_async_iterable(self)
+
+    def result(self, timeout: float | None = None) -> AgentRun:
+        """Block until the run ends and return it; not from the run's own event loop."""
+        loop = self._bind()
+        if running_loop() is loop:
+            raise RuntimeError(
+                "result() would block the event loop the run lives on; use `await run`"
+            )
+        future = asyncio.run_coroutine_threadsafe(collect_final(self), loop)
+        return future.result(timeout)
+
+
+async def collect_final(source: Observable[AgentEvent]) -> AgentRun:
+    """Wait for a run (or any stream of run events) to end; return its ``AgentRun``.
+
+    A failed run raises its ``AgentError`` (with ``partial`` set). Cancelling
+    the awaiting task disposes the subscription.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[AgentRun] = loop.create_future()
+    final: list[AgentRun] = []
+
+    def on_next(event: AgentEvent) -> None:
+        if type(event) is RunCompleted:
+            final.append(event.run)
+
+    def settle(error: Exception | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        elif final:
+            future.set_result(final[-1])
+        else:
+            future.set_exception(AgentError("the stream ended without a RunCompleted event"))
+
+    subscription = source.subscribe(
+        on_next,
+        lambda e: call_on(loop, lambda: settle(e)),
+        lambda: call_on(loop, lambda: settle(None)),
+    )
+    try:
+        return await future
+    finally:
+        subscription.dispose()

@@ -1,0 +1,257 @@
+"""The event vocabulary of a run.
+
+Every event is a frozen pydantic model with a ``type`` tag and the ``step`` it
+belongs to (1-based); :data:`AgentEvent` is their discriminated union, so a run
+serializes to JSON lines and back (:func:`dumps`, :func:`loads`,
+:func:`to_jsonl`, :func:`from_jsonl`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Annotated, Any, Literal, TypeAlias
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from rxagent.messages import AssistantMessage, Conversation, ToolCall, Usage
+from rxagent.policies import StepOutcome, StopReason
+
+__all__ = [
+    "AgentEvent",
+    "AgentRun",
+    "Paused",
+    "PauseReason",
+    "ReasoningDelta",
+    "RunCompleted",
+    "RunFailed",
+    "StepCompleted",
+    "StepRetry",
+    "StepStarted",
+    "Structured",
+    "TextDelta",
+    "ToolArgsDelta",
+    "ToolCallEnded",
+    "ToolCallStarted",
+    "ToolProgress",
+    "UsageDelta",
+    "dumps",
+    "from_jsonl",
+    "loads",
+    "to_jsonl",
+]
+
+
+def _now() -> float:
+    return time.time()
+
+
+class AgentRun(BaseModel):
+    """The result of a run: its conversation, steps, stop reason, usage, output."""
+
+    model_config = ConfigDict(frozen=True)
+
+    messages: Conversation = Field(default_factory=Conversation)
+    steps: int = 0
+    stop: StopReason = StopReason.NO_TOOL_CALLS
+    usage: Usage = Usage()
+    #: The validated structured output, where the agent has an ``output_type``.
+    output: Any = None
+    #: Tool calls waiting for a decision (approval, a schedule) when the run paused.
+    pending: tuple[ToolCall, ...] = ()
+    #: Tool calls made over the whole run.
+    tool_calls: int = 0
+
+    @property
+    def text(self) -> str:
+        """The text of the last assistant message ('' when there is none)."""
+        last = self.messages.last_assistant
+        return (last.content or "") if last is not None else ""
+
+    @property
+    def last_message(self) -> AssistantMessage | None:
+        return self.messages.last_assistant
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    step: int
+
+
+class StepStarted(_Event):
+    """A provider turn begins."""
+
+    type: Literal["step_started"] = "step_started"
+    at: float = Field(default_factory=_now)
+
+
+class TextDelta(_Event):
+    """A piece of assistant text."""
+
+    type: Literal["text_delta"] = "text_delta"
+    text: str
+
+
+class ReasoningDelta(_Event):
+    """A piece of reasoning text, where the provider streams it."""
+
+    type: Literal["reasoning_delta"] = "reasoning_delta"
+    text: str
+
+
+class ToolArgsDelta(_Event):
+    """A fragment of a tool call's JSON arguments, as the model writes them."""
+
+    type: Literal["tool_args_delta"] = "tool_args_delta"
+    call_id: str
+    name: str
+    delta: str
+
+
+class ToolCallStarted(_Event):
+    """A call's arguments are complete and valid; the tool starts now."""
+
+    type: Literal["tool_call_started"] = "tool_call_started"
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+    at: float = Field(default_factory=_now)
+
+
+class ToolProgress(_Event):
+    """An item a streaming tool produced before its result."""
+
+    type: Literal["tool_progress"] = "tool_progress"
+    call_id: str
+    data: Any
+
+
+class ToolCallEnded(_Event):
+    """A call ended: ``output`` on success, ``error`` (a message) on failure."""
+
+    type: Literal["tool_call_ended"] = "tool_call_ended"
+    call_id: str
+    name: str
+    output: Any = None
+    error: str | None = None
+    at: float = Field(default_factory=_now)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class UsageDelta(_Event):
+    """The provider reported token usage."""
+
+    type: Literal["usage_delta"] = "usage_delta"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Structured(_Event):
+    """A structured (JSON) value; ``partial`` while it is still streaming."""
+
+    type: Literal["structured"] = "structured"
+    value: Any
+    partial: bool = False
+
+
+class StepRetry(_Event):
+    """The provider turn failed transiently and starts again: drop this step's text."""
+
+    type: Literal["step_retry"] = "step_retry"
+    attempt: int
+    error: str
+
+
+class StepCompleted(_Event):
+    """A step ended; ``outcome`` holds the messages it added, its usage and tools."""
+
+    type: Literal["step_completed"] = "step_completed"
+    outcome: StepOutcome
+    at: float = Field(default_factory=_now)
+
+
+class PauseReason(BaseModel):
+    """Why a run paused: calls waiting for approval, calls scheduled for later."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["awaiting_approval", "scheduled", "mixed"]
+    awaiting_approval: tuple[str, ...] = ()
+    #: call id -> the time (``time.time()``) from which it may run.
+    scheduled: dict[str, float] = Field(default_factory=dict)
+
+
+class Paused(_Event):
+    """Tools wait for a decision; the run ends after this with ``stop="paused"``."""
+
+    type: Literal["paused"] = "paused"
+    reason: PauseReason
+
+
+class RunCompleted(_Event):
+    """The last event of every run that did not fail."""
+
+    type: Literal["run_completed"] = "run_completed"
+    run: AgentRun
+    at: float = Field(default_factory=_now)
+
+
+class RunFailed(_Event):
+    """A failed run, as data: what ``ops.materialize()`` turns ``on_error`` into."""
+
+    type: Literal["run_failed"] = "run_failed"
+    error_type: str
+    message: str
+    #: The run so far, where the error carried it.
+    partial: AgentRun | None = None
+    at: float = Field(default_factory=_now)
+
+
+AgentEvent: TypeAlias = Annotated[
+    StepStarted
+    | TextDelta
+    | ReasoningDelta
+    | ToolArgsDelta
+    | ToolCallStarted
+    | ToolProgress
+    | ToolCallEnded
+    | UsageDelta
+    | Structured
+    | StepRetry
+    | StepCompleted
+    | Paused
+    | RunCompleted
+    | RunFailed,
+    Field(discriminator="type"),
+]
+
+_adapter: TypeAdapter[AgentEvent] = TypeAdapter(AgentEvent)
+
+
+def dumps(event: AgentEvent) -> str:
+    """One event as a line of JSON (no trailing newline)."""
+    return event.model_dump_json()
+
+
+def loads(line: str | bytes) -> AgentEvent:
+    """The event a line of JSON describes."""
+    return _adapter.validate_json(line)
+
+
+def to_jsonl(events: Iterable[AgentEvent]) -> str:
+    """Events as JSON lines, one event a line."""
+    return "".join(dumps(e) + "\n" for e in events)
+
+
+def from_jsonl(text: str) -> list[AgentEvent]:
+    """The events of JSON lines (blank lines are skipped)."""
+    return [loads(line) for line in text.splitlines() if line.strip()]
+
+
+def validate_event(data: Any) -> AgentEvent:
+    """An event from plain data (a dict as ``model_dump`` gives)."""
+    return _adapter.validate_python(data)

@@ -1,0 +1,33 @@
+"""Pipeable operators: each a function returning ``Callable[[Observable], Observable]``.
+
+* :func:`step` - one provider turn and its tools, for each conversation.
+* :func:`fan_out_tools` - tool calls in, ``ToolCallStarted``/``ToolProgress``/
+  ``ToolCallEnded`` out, concurrently, ends in call order.
+* :func:`until` - mirror step events until a policy says stop, then ``RunCompleted``.
+* :func:`loop` - feed each step's conversation back into ``step`` until the policy stops.
+* :func:`tap` - tee every event to an observer or function that cannot break the run.
+* :func:`text` - the assistant's text pieces as strings.
+* :func:`collect_final` - the final ``AgentRun``.
+* :func:`materialize` - ``on_error`` as a ``RunFailed`` event.
+
+``Agent`` is sugar over them: ``loop(step(provider, tools=...), policy)``.
+"""
+
+from rxagent.ops._collect import collect_final
+from rxagent.ops._fan_out import fan_out_tools
+from rxagent.ops._materialize import materialize
+from rxagent.ops._step import step
+from rxagent.ops._tap import tap
+from rxagent.ops._text import text
+from rxagent.ops._until import loop, until
+
+__all__ = [
+    "collect_final",
+    "fan_out_tools",
+    "loop",
+    "materialize",
+    "step",
+    "tap",
+    "text",
+    "until",
+]

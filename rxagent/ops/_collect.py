@@ -1,0 +1,47 @@
+"""``collect_final``: the finished run, as one item."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from reactivex import Observable, abc
+
+from rxagent.errors import AgentError
+from rxagent.events import AgentEvent, AgentRun, RunCompleted
+
+__all__ = ["collect_final"]
+
+
+def collect_final() -> Callable[[Observable[AgentEvent]], Observable[AgentRun]]:
+    """The ``AgentRun`` of the ``RunCompleted`` event, emitted when the stream completes::
+
+        source: --Step--Text--...--RunCompleted(run)--|
+        result: --------------------------------------run|
+
+    A stream that completes without ``RunCompleted`` fails with ``AgentError``;
+    errors pass through.
+    """
+
+    def operator(source: Observable[AgentEvent]) -> Observable[AgentRun]:
+        def subscribe(
+            observer: abc.ObserverBase[AgentRun], scheduler: abc.SchedulerBase | None = None
+        ) -> abc.DisposableBase:
+            final: AgentRun | None = None
+
+            def on_next(event: AgentEvent) -> None:
+                nonlocal final
+                if type(event) is RunCompleted:
+                    final = event.run
+
+            def on_completed() -> None:
+                if final is None:
+                    observer.on_error(AgentError("the stream ended without a RunCompleted event"))
+                else:
+                    observer.on_next(final)
+                    observer.on_completed()
+
+            return source.subscribe(on_next, observer.on_error, on_completed, scheduler=scheduler)
+
+        return Observable(subscribe)
+
+    return operator

@@ -1,0 +1,217 @@
+"""``fan_out_tools``: run tool calls concurrently, re-join their ends in call order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import Executor
+from typing import Any, TypeAlias
+
+from reactivex import Observable, abc
+from reactivex import operators as rx_ops
+from reactivex.disposable import Disposable, SingleAssignmentDisposable
+
+from rxagent.aio import from_async_iterable
+from rxagent.errors import (
+    AgentError,
+    ToolError,
+    ToolExecutionError,
+    ToolsFailed,
+    ToolTimeoutError,
+)
+from rxagent.events import AgentEvent, ToolCallEnded, ToolCallStarted, ToolProgress
+from rxagent.messages import ToolCall
+from rxagent.tools import BoundCall, JoinPolicy, Tool, ToolRegistry, jsonable
+
+__all__ = ["fan_out_tools"]
+
+# (call index, event, the error when the event is a failed ToolCallEnded)
+_Item: TypeAlias = tuple[int, AgentEvent, ToolError | None]
+
+
+def fan_out_tools(
+    tools: ToolRegistry | Iterable[Tool[..., Any] | Callable[..., Any]],
+    *,
+    max_concurrent: int | None = None,
+    join: JoinPolicy = JoinPolicy.REPORT_TO_MODEL,
+    step: int = 1,
+    timeout: float | None = None,
+    executor: Executor | None = None,
+) -> Callable[[Observable[ToolCall]], Observable[AgentEvent]]:
+    """Run each incoming tool call, at most ``max_concurrent`` at a time.
+
+    Calls start the moment they arrive (a free slot permitting), through
+    ``merge(max_concurrent=k)``. Each call emits ``ToolCallStarted`` when it
+    starts, ``ToolProgress`` while a streaming tool streams, and
+    ``ToolCallEnded`` when it ends; the ends are re-joined into call order, so
+    a fast second call's end waits for the first call's::
+
+        calls:   --c1--c2--------------|
+        tools:      [c1 ......... ]
+                       [c2 ..]
+        result:  --S1--S2--------E1-E2-|
+
+    A call to an unknown tool, or with arguments that are not JSON or do not
+    fit the tool's schema, never starts: it ends at once with the error.
+    ``join`` says what failures do (see :class:`~rxagent.tools.JoinPolicy`):
+    ``FAIL_FAST`` cancels the running calls, emits the ends it has (in call
+    order; a cancelled call has none) and errors with the failure;
+    ``JOIN_ALL`` lets all run, emits every end, then errors with
+    :class:`~rxagent.errors.ToolsFailed`; ``REPORT_TO_MODEL`` never errors.
+    ``timeout`` (seconds) applies to tools that have none of their own.
+    """
+    if max_concurrent is not None and max_concurrent < 1:
+        raise ValueError(f"max_concurrent must be None or at least 1, got {max_concurrent}")
+    registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools)
+    merge = (
+        rx_ops.merge_all()
+        if max_concurrent is None
+        else rx_ops.merge(max_concurrent=max_concurrent)
+    )
+
+    def run_call(call: ToolCall, index: int) -> Observable[_Item]:
+        def subscribe(
+            observer: abc.ObserverBase[_Item], scheduler: abc.SchedulerBase | None = None
+        ) -> abc.DisposableBase:
+            def ended(output: Any = None, error: ToolError | None = None) -> None:
+                event = ToolCallEnded(
+                    step=step,
+                    call_id=call.id,
+                    name=call.name,
+                    output=output,
+                    error=None if error is None else error.message,
+                )
+                observer.on_next((index, event, error))
+                observer.on_completed()
+
+            try:
+                bound = registry.bind(call.id, call.name, call.arguments)
+            except ToolError as error:
+                ended(error=error)
+                return Disposable()
+            observer.on_next(
+                (
+                    index,
+                    ToolCallStarted(
+                        step=step, call_id=call.id, name=call.name, arguments=bound.arguments
+                    ),
+                    None,
+                )
+            )
+
+            def on_item(item: tuple[bool, Any]) -> None:
+                final, value = item
+                if final:
+                    ended(output=jsonable(value))
+                else:
+                    progress = ToolProgress(step=step, call_id=call.id, data=jsonable(value))
+                    observer.on_next((index, progress, None))
+
+            def on_error(error: Exception) -> None:
+                ended(error=_as_tool_error(error, call, bound.tool.timeout or timeout))
+
+            return from_async_iterable(lambda: _execute(bound, timeout, executor)).subscribe(
+                on_item, on_error
+            )
+
+        return Observable(subscribe)
+
+    def operator(source: Observable[ToolCall]) -> Observable[AgentEvent]:
+        def subscribe(
+            observer: abc.ObserverBase[AgentEvent], scheduler: abc.SchedulerBase | None = None
+        ) -> abc.DisposableBase:
+            ends: dict[int, ToolCallEnded] = {}
+            failures: dict[int, ToolError] = {}
+            next_index = 0
+            finished = False
+            subscription = SingleAssignmentDisposable()
+
+            def flush() -> None:
+                nonlocal next_index
+                while next_index in ends:
+                    observer.on_next(ends.pop(next_index))
+                    next_index += 1
+
+            def on_next(item: _Item) -> None:
+                nonlocal finished
+                if finished:
+                    return
+                index, event, error = item
+                if not isinstance(event, ToolCallEnded):
+                    observer.on_next(event)
+                    return
+                ends[index] = event
+                if error is not None:
+                    failures[index] = error
+                    if join is JoinPolicy.FAIL_FAST:
+                        finished = True
+                        subscription.dispose()
+                        for i in sorted(ends):
+                            observer.on_next(ends[i])
+                        observer.on_error(error)
+                        return
+                flush()
+
+            def on_error(error: Exception) -> None:
+                nonlocal finished
+                if not finished:
+                    finished = True
+                    observer.on_error(error)
+
+            def on_completed() -> None:
+                nonlocal finished
+                if finished:
+                    return
+                finished = True
+                flush()
+                if join is JoinPolicy.JOIN_ALL and failures:
+                    observer.on_error(ToolsFailed([failures[i] for i in sorted(failures)]))
+                else:
+                    observer.on_completed()
+
+            subscription.disposable = source.pipe(rx_ops.map_indexed(run_call), merge).subscribe(
+                on_next, on_error, on_completed, scheduler=scheduler
+            )
+            return subscription
+
+        return Observable(subscribe)
+
+    return operator
+
+
+async def _execute(
+    bound: BoundCall, default_timeout: float | None, executor: Executor | None
+) -> AsyncIterator[tuple[bool, Any]]:
+    limit = bound.tool.timeout or default_timeout
+    items = bound.tool.stream(bound.kwargs, executor=executor)
+    if limit is None:
+        async for item in items:
+            yield item
+        return
+    async with asyncio.timeout(limit):
+        async for item in items:
+            yield item
+
+
+def _as_tool_error(error: Exception, call: ToolCall, limit: float | None) -> ToolError:
+    if isinstance(error, ToolError):
+        if not error.call_id:
+            error.call_id = call.id
+        if not error.tool_name:
+            error.tool_name = call.name
+        return error
+    if (
+        isinstance(error, TimeoutError)
+        and limit is not None
+        and isinstance(error.__cause__, asyncio.CancelledError)  # raised by asyncio.timeout
+    ):
+        return ToolTimeoutError(
+            f"tool {call.name!r} timed out after {limit:g}s", call_id=call.id, tool_name=call.name
+        )
+    detail = error.message if isinstance(error, AgentError) else str(error)
+    message = f"tool {call.name!r} raised {type(error).__name__}" + (
+        f": {detail}" if detail else ""
+    )
+    wrapped = ToolExecutionError(message, call_id=call.id, tool_name=call.name)
+    wrapped.__cause__ = error
+    return wrapped

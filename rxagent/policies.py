@@ -1,0 +1,201 @@
+"""Loop policies: when an agent loop stops.
+
+A :class:`Policy` is a pure function of the :class:`LoopState` (steps so far,
+usage, tool calls, elapsed time) and the last step's :class:`StepOutcome`; it
+returns a :class:`StopReason` to stop or ``None`` to go on. No counter lives in
+a policy, so one policy serves any number of runs at once.
+
+``a | b`` stops when either stops (the first one's reason wins when both do);
+``a & b`` stops only when both do (with ``a``'s reason).
+
+The loop asks the policy after each step, so budgets (tokens, tool calls, time)
+are checked at step boundaries: a step that is under way is finished first.
+Use ``run.cancel()`` or an Rx ``take_until`` to cut a run short mid-step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+from rxagent.messages import Message, ToolCall, Usage
+
+__all__ = [
+    "LoopState",
+    "Policy",
+    "StepOutcome",
+    "StopReason",
+    "max_steps",
+    "max_time",
+    "max_tokens",
+    "max_tool_calls",
+    "policy",
+    "until_no_tool_calls",
+    "until_tool_called",
+]
+
+
+class StopReason(StrEnum):
+    """Why a run ended."""
+
+    NO_TOOL_CALLS = "no_tool_calls"
+    MAX_STEPS = "max_steps"
+    TOOL_CALLED = "tool_called"
+    TOKEN_BUDGET = "token_budget"
+    TOOL_BUDGET = "tool_budget"
+    TIME_BUDGET = "time_budget"
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+    #: Only on the ``partial`` run of a failed run.
+    ERROR = "error"
+
+
+class StepOutcome(BaseModel):
+    """What one step did: the messages it added, its usage, its tool calls."""
+
+    model_config = ConfigDict(frozen=True)
+
+    step: int
+    #: The messages this step added: the assistant message, then its tool messages.
+    messages: tuple[Message, ...] = ()
+    usage: Usage = Usage()
+    #: The calls the model made this step, with their final status.
+    tool_calls: tuple[ToolCall, ...] = ()
+    #: Names of the tools that actually ran this step, in call order.
+    invoked_tools: tuple[str, ...] = ()
+    finish_reason: str | None = None
+    #: The step was cut short by a cancellation.
+    cancelled: bool = False
+    #: Wall-clock times (``time.time()``): the step began, the provider's stream ended,
+    #: the step ended.
+    started_at: float = 0.0
+    streamed_at: float = 0.0
+    ended_at: float = 0.0
+
+    @property
+    def has_tool_calls(self) -> bool:
+        return bool(self.tool_calls)
+
+
+@dataclass(frozen=True)
+class LoopState:
+    """What the loop has done so far, as the policy sees it after a step."""
+
+    steps: int = 0
+    usage: Usage = field(default_factory=Usage)
+    tool_calls: int = 0
+    tools_invoked: tuple[str, ...] = ()
+    elapsed: float = 0.0
+
+    def after(self, outcome: StepOutcome, elapsed: float) -> LoopState:
+        """The state once ``outcome`` is counted, at ``elapsed`` seconds into the run."""
+        return LoopState(
+            steps=self.steps + 1,
+            usage=self.usage + outcome.usage,
+            tool_calls=self.tool_calls + len(outcome.tool_calls),
+            tools_invoked=self.tools_invoked + outcome.invoked_tools,
+            elapsed=elapsed,
+        )
+
+
+Decide = Callable[[LoopState, StepOutcome], StopReason | None]
+
+
+class Policy:
+    """A stop rule; call it with ``(state, outcome)``; combine with ``|`` and ``&``."""
+
+    __slots__ = ("_decide", "_name")
+
+    def __init__(self, decide: Decide, name: str | None = None) -> None:
+        self._decide = decide
+        self._name = name or getattr(decide, "__name__", "policy")
+
+    def __call__(self, state: LoopState, outcome: StepOutcome) -> StopReason | None:
+        return self._decide(state, outcome)
+
+    def __or__(self, other: Policy) -> Policy:
+        def either(state: LoopState, outcome: StepOutcome) -> StopReason | None:
+            return self(state, outcome) or other(state, outcome)
+
+        return Policy(either, f"({self._name} | {other._name})")
+
+    def __and__(self, other: Policy) -> Policy:
+        def both(state: LoopState, outcome: StepOutcome) -> StopReason | None:
+            first = self(state, outcome)
+            return first if first is not None and other(state, outcome) is not None else None
+
+        return Policy(both, f"({self._name} & {other._name})")
+
+    def __repr__(self) -> str:
+        return f"Policy({self._name})"
+
+
+def policy(decide: Decide) -> Policy:
+    """Make a :class:`Policy` of a function ``(state, outcome) -> StopReason | None``."""
+    return Policy(decide)
+
+
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+
+
+def until_no_tool_calls() -> Policy:
+    """Stop after a step in which the model called no tool (its final answer)."""
+
+    def decide(state: LoopState, outcome: StepOutcome) -> StopReason | None:
+        return None if outcome.tool_calls else StopReason.NO_TOOL_CALLS
+
+    return Policy(decide, "until_no_tool_calls()")
+
+
+def max_steps(n: int) -> Policy:
+    """Stop once ``n`` steps have run."""
+    _positive("max_steps", n)
+
+    def decide(state: LoopState, outcome: StepOutcome) -> StopReason | None:
+        return StopReason.MAX_STEPS if state.steps >= n else None
+
+    return Policy(decide, f"max_steps({n})")
+
+
+def until_tool_called(name: str) -> Policy:
+    """Stop after a step in which the tool ``name`` ran."""
+
+    def decide(state: LoopState, outcome: StepOutcome) -> StopReason | None:
+        return StopReason.TOOL_CALLED if name in outcome.invoked_tools else None
+
+    return Policy(decide, f"until_tool_called({name!r})")
+
+
+def max_tokens(n: int) -> Policy:
+    """Stop once the run has used ``n`` tokens or more (prompt and completion)."""
+    _positive("max_tokens", n)
+
+    def decide(state: LoopState, outcome: StepOutcome) -> StopReason | None:
+        return StopReason.TOKEN_BUDGET if state.usage.total_tokens >= n else None
+
+    return Policy(decide, f"max_tokens({n})")
+
+
+def max_tool_calls(n: int) -> Policy:
+    """Stop once the model has made ``n`` tool calls or more."""
+    _positive("max_tool_calls", n)
+
+    def decide(state: LoopState, outcome: StepOutcome) -> StopReason | None:
+        return StopReason.TOOL_BUDGET if state.tool_calls >= n else None
+
+    return Policy(decide, f"max_tool_calls({n})")
+
+
+def max_time(seconds: float) -> Policy:
+    """Stop after the first step that ends ``seconds`` or more into the run."""
+    _positive("max_time", seconds)
+
+    def decide(state: LoopState, outcome: StepOutcome) -> StopReason | None:
+        return StopReason.TIME_BUDGET if state.elapsed >= seconds else None
+
+    return Policy(decide, f"max_time({seconds})")

@@ -1,0 +1,289 @@
+"""Tool fan-out: early start, streaming tools, bad input, join policies, and properties."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import pytest
+import reactivex as rx
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import Field
+from reactivex import Observable
+
+import rxagent as ra
+from rxagent import ops
+from rxagent import scripted as s
+from rxagent.events import (
+    StepCompleted,
+    ToolArgsDelta,
+    ToolCallEnded,
+    ToolCallStarted,
+    ToolProgress,
+)
+from tests.helpers import Gauge, collect
+
+
+@ra.tool
+def add(a: int, b: Annotated[int, Field(ge=0)] = 0) -> int:
+    """Add two numbers."""
+    return a + b
+
+
+async def test_a_call_starts_while_the_model_still_streams_later_calls() -> None:
+    provider = ra.ScriptedProvider(
+        [[s.call("add", {"a": 1}, id="first"), s.delay(0.1), s.call("add", {"a": 2}, id="second")]]
+    )
+    got = await collect(rx.just("go").pipe(ops.step(provider, tools=[add])))
+    order = [
+        (e.type, e.call_id)
+        for e in got.events
+        if isinstance(e, ToolArgsDelta | ToolCallStarted | ToolCallEnded)
+    ]
+    first_end = order.index(("tool_call_ended", "first"))
+    second_args = order.index(("tool_args_delta", "second"))
+    # The first call ran and ended before the model began the second call's arguments.
+    assert first_end < second_args
+    assert [e.output for e in got.of(ToolCallEnded)] == [1, 2]
+
+
+async def test_an_early_fast_end_still_waits_for_call_order() -> None:
+    @ra.tool
+    async def nap(seconds: float) -> float:
+        """Sleep."""
+        await asyncio.sleep(seconds)
+        return seconds
+
+    provider = ra.ScriptedProvider(
+        [[s.call("nap", {"seconds": 0.08}, id="slow"), s.call("nap", {"seconds": 0}, id="fast")]]
+    )
+    got = await collect(rx.just("go").pipe(ops.step(provider, tools=[nap])))
+    slow, fast = got.of(ToolCallEnded)
+    assert (slow.call_id, fast.call_id) == ("slow", "fast")  # emitted in call order ...
+    assert fast.at < slow.at  # ... though `at` shows the fast one really ended first
+
+
+async def test_streaming_tools_emit_progress_then_the_result() -> None:
+    @ra.tool
+    async def count_up(n: int) -> AsyncIterator[int]:
+        """Count, streaming."""
+        for i in range(n):
+            yield i
+            await asyncio.sleep(0)
+
+    @ra.tool
+    def ticks(n: int) -> Observable[str]:
+        """Ticks as an Observable."""
+        return rx.from_iterable([f"tick {i}" for i in range(n)])
+
+    provider = ra.ScriptedProvider([[s.call("count_up", {"n": 3}), s.call("ticks", {"n": 2})]])
+    got = await collect(rx.just("go").pipe(ops.step(provider, tools=[count_up, ticks])))
+    # Progress is live (the two calls' progress may interleave), in order per call.
+    progress = got.of(ToolProgress)
+    assert [e.data for e in progress if e.call_id == "call_1_1"] == [0, 1]
+    assert [e.data for e in progress if e.call_id == "call_1_2"] == ["tick 0"]
+    assert [e.output for e in got.of(ToolCallEnded)] == [2, "tick 1"]
+    done = got.of(StepCompleted)[0].outcome
+    assert [m.content for m in done.messages if isinstance(m, ra.ToolMessage)] == ["2", "tick 1"]
+
+
+BAD_CALLS = [
+    pytest.param(s.call("nope", {}), ra.UnknownToolError, "unknown tool 'nope'", id="unknown"),
+    pytest.param(s.call("add", '{"a": 1,'), ra.ToolArgumentsError, "not valid JSON", id="not-json"),
+    pytest.param(
+        s.call("add", {"a": "one"}), ra.ToolArgumentsError, "a: Input should be", id="schema"
+    ),
+    pytest.param(
+        s.call("add", {"a": 1, "b": -1}), ra.ToolArgumentsError, "b: Input should be", id="range"
+    ),
+    pytest.param(
+        s.call("add", {"a": 1, "c": 2}), ra.ToolArgumentsError, "c: Extra inputs", id="extra"
+    ),
+    pytest.param(s.call("add", "[1, 2]"), ra.ToolArgumentsError, "JSON object", id="not-object"),
+    pytest.param(s.call("explode"), ra.ToolExecutionError, "ZeroDivisionError", id="raises"),
+    pytest.param(s.call("hangs"), ra.ToolTimeoutError, "timed out after 0.05s", id="timeout"),
+]
+
+
+@ra.tool
+def explode() -> float:
+    """Divide by zero."""
+    return 1 / 0
+
+
+@ra.tool(timeout=0.05)
+async def hangs() -> str:
+    """Never finishes."""
+    await asyncio.Event().wait()
+    return "never"
+
+
+@pytest.mark.parametrize(("bad", "kind", "text"), BAD_CALLS)
+async def test_bad_calls_are_reported_to_the_model(
+    bad: s.Call, kind: type[ra.ToolError], text: str
+) -> None:
+    provider = ra.ScriptedProvider([[bad], ["Sorry, let me fix that."]])
+    agent = ra.Agent(provider, tools=[add, explode, hangs], join=ra.JoinPolicy.REPORT_TO_MODEL)
+    run = agent.run("go")
+    result = await asyncio.wait_for(ra.collect_final(run), 5)
+
+    (end,) = [e for e in run.events if isinstance(e, ToolCallEnded)]
+    assert end.error is not None and text in end.error
+    # The model was told, as a tool message it can read, and answered.
+    tool_message = provider.requests[1].messages[-1]
+    assert isinstance(tool_message, ra.ToolMessage) and tool_message.is_error
+    assert text in tool_message.content and tool_message.content.startswith("Error: ")
+    assert result.text == "Sorry, let me fix that."
+    assert result.messages.tool_calls()[0].status is ra.ToolCallStatus.FAILED
+    assert ra.validate_conversation(result.messages) == []
+
+
+@pytest.mark.parametrize(("bad", "kind", "text"), BAD_CALLS)
+@pytest.mark.parametrize("join", [ra.JoinPolicy.FAIL_FAST, ra.JoinPolicy.JOIN_ALL])
+async def test_bad_calls_fail_the_run_with_a_clear_tool_error(
+    bad: s.Call, kind: type[ra.ToolError], text: str, join: ra.JoinPolicy
+) -> None:
+    provider = ra.ScriptedProvider([["Trying. ", bad]])
+    agent = ra.Agent(provider, tools=[add, explode, hangs], join=join)
+    with pytest.raises(ra.AgentError) as raised:
+        await asyncio.wait_for(ra.collect_final(agent.run("go")), 5)
+    error = raised.value
+    if join is ra.JoinPolicy.JOIN_ALL:
+        assert isinstance(error, ra.ToolsFailed)
+        (error,) = error.errors
+    assert isinstance(error, kind) and text in str(error)
+    assert error.tool_name == bad.name and error.call_id == "call_1_1"
+    partial = raised.value.partial
+    assert partial is not None and partial.stop is ra.StopReason.ERROR
+    assert partial.text == "Trying. "
+    assert ra.validate_conversation(partial.messages) == []
+
+
+async def test_an_unknown_tool_never_runs_and_never_starts() -> None:
+    provider = ra.ScriptedProvider([[s.call("nope"), s.call("add", {"a": 1})], ["ok"]])
+    run = ra.Agent(provider, tools=[add]).run("go")
+    await ra.collect_final(run)
+    assert [e.name for e in run.events if isinstance(e, ToolCallStarted)] == ["add"]
+    assert [e.name for e in run.events if isinstance(e, ToolCallEnded)] == ["nope", "add"]
+    assert "available tools: add" in provider.requests[1].messages[2].content
+
+
+async def test_agent_wide_tool_timeout_applies_to_tools_without_their_own() -> None:
+    @ra.tool
+    def slow_sync() -> str:
+        """Sleeps in its thread."""
+        time.sleep(0.5)
+        return "late"
+
+    provider = ra.ScriptedProvider([[s.call("slow_sync")], ["ok"]])
+    run = ra.Agent(provider, tools=[slow_sync], tool_timeout=0.05).run("go")
+    started = time.monotonic()
+    await ra.collect_final(run)
+    assert time.monotonic() - started < 0.45  # the run did not wait for the thread
+    (end,) = [e for e in run.events if isinstance(e, ToolCallEnded)]
+    assert end.error == "tool 'slow_sync' timed out after 0.05s"
+
+
+async def test_a_tool_that_raises_a_tool_error_keeps_its_message() -> None:
+    @ra.tool
+    def picky(city: str) -> str:
+        """Only knows Paris."""
+        if city != "Paris":
+            raise ra.ToolError(f"no weather for {city}; try Paris")
+        return "sunny"
+
+    provider = ra.ScriptedProvider([[s.call("picky", {"city": "Oslo"})], ["ok"]])
+    run = ra.Agent(provider, tools=[picky]).run("go")
+    await ra.collect_final(run)
+    (end,) = [e for e in run.events if isinstance(e, ToolCallEnded)]
+    assert end.error == "no weather for Oslo; try Paris"
+
+
+# -- properties -----------------------------------------------------------------------
+
+calls_strategy = st.lists(
+    st.tuples(st.integers(min_value=0, max_value=4), st.booleans()),  # (millis, fails)
+    min_size=1,
+    max_size=8,
+)
+
+
+@given(
+    calls=calls_strategy,
+    limit=st.one_of(st.none(), st.integers(min_value=1, max_value=4)),
+    join=st.sampled_from(list(ra.JoinPolicy)),
+)
+def test_fan_out_properties(
+    calls: list[tuple[int, bool]], limit: int | None, join: ra.JoinPolicy
+) -> None:
+    asyncio.run(check_fan_out(calls, limit, join))
+
+
+async def check_fan_out(
+    calls: list[tuple[int, bool]], limit: int | None, join: ra.JoinPolicy
+) -> None:
+    gauge = Gauge()
+
+    @ra.tool
+    async def work(i: int, millis: int, fails: bool) -> int:
+        """Work a while, maybe fail."""
+        with gauge:
+            await asyncio.sleep(millis / 1000)
+        if fails:
+            raise RuntimeError(f"call {i} failed")
+        return i
+
+    script = [
+        s.call("work", {"i": i, "millis": ms, "fails": f}, id=f"c{i}")
+        for i, (ms, f) in enumerate(calls)
+    ]
+    provider = ra.ScriptedProvider([script, ["done"]])
+    agent = ra.Agent(provider, tools=[work], max_tool_concurrency=limit, join=join)
+    run = agent.run("go")
+    error: ra.AgentError | None = None
+    try:
+        result = await asyncio.wait_for(ra.collect_final(run), 10)
+        conversation = result.messages
+    except ra.AgentError as raised:
+        error = raised
+        assert raised.partial is not None
+        conversation = raised.partial.messages
+
+    ids = [f"c{i}" for i in range(len(calls))]
+    started = [e.call_id for e in run.events if isinstance(e, ToolCallStarted)]
+    ended = [e.call_id for e in run.events if isinstance(e, ToolCallEnded)]
+    any_fails = any(f for _, f in calls)
+
+    # The concurrency limit is never exceeded.
+    assert gauge.peak <= (limit or len(calls))
+    # Every call starts at most once and ends at most once; ends come in call order.
+    assert len(set(started)) == len(started) and len(set(ended)) == len(ended)
+    assert ended == sorted(ended, key=ids.index)
+    assert set(ended) >= set(started) or join is ra.JoinPolicy.FAIL_FAST
+    if join is ra.JoinPolicy.FAIL_FAST and any_fails:
+        assert isinstance(error, ra.ToolError)
+        # A started call either ended, or was cancelled (and marked so).
+        statuses = {c.id: c.status for c in conversation.tool_calls()}
+        for call_id in started:
+            assert call_id in ended or statuses[call_id] is ra.ToolCallStatus.CANCELLED
+    else:
+        # Every call started and ended exactly once.
+        assert started == ids and ended == ids
+        if join is ra.JoinPolicy.JOIN_ALL and any_fails:
+            assert isinstance(error, ra.ToolsFailed)
+            assert [e.call_id for e in error.errors] == [
+                f"c{i}" for i, (_, f) in enumerate(calls) if f
+            ]
+        else:
+            assert error is None
+    # The conversation, finished or partial, validates, tool messages in call order.
+    assert ra.validate_conversation(conversation) == []
+    answered = [m.tool_call_id for m in conversation if isinstance(m, ra.ToolMessage)]
+    assert answered == ids
+    # JSON round-trips.
+    assert ra.Conversation.from_json(conversation.to_json()) == conversation
+    assert json.loads(conversation.to_json())  # and is plain JSON

@@ -1,0 +1,112 @@
+"""Policies: built-ins, combinators, purity."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import rxagent as ra
+from rxagent import policies as p
+from rxagent import scripted as s
+from rxagent.policies import LoopState, StepOutcome, StopReason
+
+
+def outcome(*, calls: int = 0, invoked: tuple[str, ...] = ()) -> StepOutcome:
+    return StepOutcome(
+        step=1,
+        tool_calls=tuple(ra.ToolCall(id=f"c{i}", name="t") for i in range(calls)),
+        invoked_tools=invoked,
+    )
+
+
+def state(steps: int = 1, tokens: int = 0, tool_calls: int = 0, elapsed: float = 0) -> LoopState:
+    return LoopState(
+        steps=steps, usage=ra.Usage(prompt_tokens=tokens), tool_calls=tool_calls, elapsed=elapsed
+    )
+
+
+def test_builtin_policies() -> None:
+    assert p.until_no_tool_calls()(state(), outcome()) is StopReason.NO_TOOL_CALLS
+    assert p.until_no_tool_calls()(state(), outcome(calls=1)) is None
+    assert p.max_steps(2)(state(steps=1), outcome()) is None
+    assert p.max_steps(2)(state(steps=2), outcome()) is StopReason.MAX_STEPS
+    assert p.until_tool_called("x")(state(), outcome(invoked=("y", "x"))) is StopReason.TOOL_CALLED
+    assert p.until_tool_called("x")(state(), outcome(invoked=("y",))) is None
+    assert p.max_tokens(10)(state(tokens=9), outcome()) is None
+    assert p.max_tokens(10)(state(tokens=10), outcome()) is StopReason.TOKEN_BUDGET
+    assert p.max_tool_calls(3)(state(tool_calls=3), outcome()) is StopReason.TOOL_BUDGET
+    assert p.max_time(1.5)(state(elapsed=1.6), outcome()) is StopReason.TIME_BUDGET
+    assert p.max_time(1.5)(state(elapsed=1.0), outcome()) is None
+
+
+def test_combinators() -> None:
+    either = p.max_steps(2) | p.until_no_tool_calls()
+    both = p.max_steps(2) & p.until_no_tool_calls()
+    assert either(state(steps=1), outcome()) is StopReason.NO_TOOL_CALLS
+    assert either(state(steps=2), outcome(calls=1)) is StopReason.MAX_STEPS
+    assert both(state(steps=1), outcome()) is None
+    assert both(state(steps=2), outcome(calls=1)) is None
+    assert both(state(steps=2), outcome()) is StopReason.MAX_STEPS
+    assert "max_steps(2)" in repr(either)
+
+
+def test_custom_policy() -> None:
+    @p.policy
+    def stop_on_long_answers(st: LoopState, out: StepOutcome) -> StopReason | None:
+        return StopReason.TOKEN_BUDGET if st.usage.total_tokens > 5 else None
+
+    assert stop_on_long_answers(state(tokens=6), outcome()) is StopReason.TOKEN_BUDGET
+
+
+def test_invalid_limits() -> None:
+    for make in (p.max_steps, p.max_tokens, p.max_tool_calls, p.max_time):
+        with pytest.raises(ValueError, match="must be positive"):
+            make(0)
+
+
+@ra.tool
+def ping() -> str:
+    """Ping."""
+    return "pong"
+
+
+def pinging(steps: int) -> ra.ScriptedProvider:
+    return (
+        ra.ScriptedProvider(lambda request: [s.call("ping"), s.usage(10, 5)])
+        if steps
+        else ra.ScriptedProvider([])
+    )
+
+
+@pytest.mark.parametrize(
+    ("policy", "stop", "steps"),
+    [
+        (p.max_steps(3), StopReason.MAX_STEPS, 3),
+        (p.until_tool_called("ping"), StopReason.TOOL_CALLED, 1),
+        (p.max_tokens(40), StopReason.TOKEN_BUDGET, 3),
+        (p.max_tool_calls(2), StopReason.TOOL_BUDGET, 2),
+        (p.max_tokens(1000) | p.max_steps(4), StopReason.MAX_STEPS, 4),
+    ],
+)
+async def test_the_stop_reason_is_recorded_on_the_run(
+    policy: ra.Policy, stop: StopReason, steps: int
+) -> None:
+    agent = ra.Agent(pinging(1), tools=[ping], policy=policy)
+    result = await ra.collect_final(agent.run("go"))
+    assert (result.stop, result.steps) == (stop, steps)
+    assert result.usage.total_tokens == 15 * steps and result.tool_calls == steps
+
+
+async def test_time_budget() -> None:
+    provider = ra.ScriptedProvider(lambda request: [s.delay(0.03), s.call("ping")])
+    agent = ra.Agent(provider, tools=[ping], policy=p.max_time(0.05) | p.max_steps(50))
+    result = await ra.collect_final(agent.run("go"))
+    assert result.stop is StopReason.TIME_BUDGET and 2 <= result.steps < 50
+
+
+async def test_one_policy_serves_many_concurrent_runs() -> None:
+    shared = p.max_steps(2)
+    agents = [ra.Agent(pinging(1), tools=[ping], policy=shared) for _ in range(5)]
+    results = await asyncio.gather(*(ra.collect_final(a.run("go")) for a in agents))
+    assert [r.steps for r in results] == [2] * 5

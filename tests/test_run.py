@@ -1,0 +1,377 @@
+"""A Run: one provider call per step for many observers, replay, cancellation, asyncio."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator
+
+import pytest
+from reactivex import Observable
+
+import rxagent as ra
+from rxagent import scripted as s
+from rxagent.events import (
+    RunCompleted,
+    StepCompleted,
+    TextDelta,
+    ToolCallEnded,
+    ToolCallStarted,
+)
+from rxagent.providers.base import ProviderChunk, ProviderRequest
+from tests.helpers import collect
+
+
+@ra.tool
+async def lookup(key: str) -> str:
+    """Look a key up."""
+    await asyncio.sleep(0.01)
+    return key.upper()
+
+
+def two_step_agent(chunk_delay: float = 0.0) -> tuple[ra.Agent, ra.ScriptedProvider]:
+    provider = ra.ScriptedProvider(
+        [
+            ["Looking ", "up. ", s.call("lookup", {"key": "a"}), s.call("lookup", {"key": "b"})],
+            ["A and ", "B."],
+        ],
+        chunk_delay=chunk_delay,
+    )
+    return ra.Agent(provider, tools=[lookup]), provider
+
+
+async def test_three_observers_one_provider_call_per_step_same_sequence() -> None:
+    agent, provider = two_step_agent()
+    run = agent.run("go")
+    seen: list[list[ra.AgentEvent]] = [[], [], []]
+    for log in seen:
+        run.subscribe(log.append)
+    result = await ra.collect_final(run)
+
+    assert provider.calls == 2 == result.steps
+    assert seen[0] == seen[1] == seen[2] == list(run.events)
+    assert isinstance(seen[0][-1], RunCompleted)
+    assert result.text == "A and B."
+
+
+async def test_a_late_subscriber_sees_everything_then_the_live_events() -> None:
+    agent, provider = two_step_agent(chunk_delay=0.005)
+    run = agent.run("go")
+    early: list[ra.AgentEvent] = []
+    late: list[ra.AgentEvent] = []
+    joined_at: list[int] = []
+
+    def on_event(event: ra.AgentEvent) -> None:
+        early.append(event)
+        if isinstance(event, ToolCallStarted) and not joined_at:
+            joined_at.append(len(early))
+            run.subscribe(late.append)  # arrives mid-run
+
+    run.subscribe(on_event)
+    await ra.collect_final(run)
+
+    assert joined_at and joined_at[0] < len(early)  # it really joined mid-run
+    assert late == early
+    assert provider.calls == 2
+
+
+async def test_subscribing_after_the_end_replays_the_whole_run() -> None:
+    agent, provider = two_step_agent()
+    run = agent.run("go")
+    first = await ra.collect_final(run)
+    again = await collect(run)
+    assert again.completed and again.events == list(run.events)
+    assert again.events[-1].run == first
+    assert provider.calls == 2  # the replay made no new request
+
+
+async def test_an_observer_that_raises_does_not_stop_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    agent, _ = two_step_agent()
+    run = agent.run("go")
+    broken_seen: list[ra.AgentEvent] = []
+
+    def broken(event: ra.AgentEvent) -> None:
+        broken_seen.append(event)
+        if isinstance(event, TextDelta):
+            raise RuntimeError("UI bug")
+
+    good: list[ra.AgentEvent] = []
+    run.subscribe(broken)
+    run.subscribe(good.append)
+    with caplog.at_level(logging.ERROR, logger="rxagent"):
+        result = await ra.collect_final(run)
+
+    assert good == list(run.events) and isinstance(good[-1], RunCompleted)
+    assert result.stop is ra.StopReason.NO_TOOL_CALLS
+    assert isinstance(broken_seen[-1], TextDelta)  # unsubscribed at its error
+    assert "raised in on_next" in caplog.text
+
+
+def cancellable_agent() -> tuple[ra.Agent, asyncio.Event, asyncio.Event]:
+    tool_cancelled = asyncio.Event()
+    tool_started = asyncio.Event()
+
+    @ra.tool
+    async def forever() -> str:
+        """Never returns."""
+        tool_started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            tool_cancelled.set()
+            raise
+        return "unreachable"
+
+    provider = ra.ScriptedProvider([["Working ", s.call("forever"), s.hang()]])
+    return ra.Agent(provider, tools=[forever]), tool_started, tool_cancelled
+
+
+async def test_cancel_stops_tools_and_ends_with_a_cancelled_run() -> None:
+    agent, tool_started, tool_cancelled = cancellable_agent()
+    run = agent.run("go")
+    after_end: list[ra.AgentEvent] = []
+    ended = False
+
+    def watch(event: ra.AgentEvent) -> None:
+        nonlocal ended
+        if ended:
+            after_end.append(event)
+        if isinstance(event, RunCompleted):
+            ended = True
+
+    run.subscribe(watch)
+    final = asyncio.ensure_future(ra.collect_final(run))
+    await asyncio.wait_for(tool_started.wait(), 5)
+    run.cancel()
+    result = await asyncio.wait_for(final, 5)
+
+    assert result.stop is ra.StopReason.CANCELLED
+    await asyncio.wait_for(tool_cancelled.wait(), 1)  # the tool was stopped, promptly
+    assert isinstance(run.events[-1], RunCompleted) and not after_end
+    assert ra.validate_conversation(result.messages) == []
+    # What streamed before the cancel is kept.
+    last = result.messages.last_assistant
+    assert last is not None and last.content == "Working "
+    assert [c.status for c in last.tool_calls] == [ra.ToolCallStatus.CANCELLED]
+    cancelled_step = run.events[-2]
+    assert isinstance(cancelled_step, StepCompleted) and cancelled_step.outcome.cancelled
+    run.cancel()  # cancelling again is harmless
+    assert run.events[-1] is not None and isinstance(run.events[-1], RunCompleted)
+
+
+async def test_disposing_the_last_subscription_cancels_the_run() -> None:
+    agent, tool_started, tool_cancelled = cancellable_agent()
+    run = agent.run("go")
+    subscription = run.subscribe(lambda _: None)
+    await asyncio.wait_for(tool_started.wait(), 5)
+    subscription.dispose()
+    await asyncio.wait_for(tool_cancelled.wait(), 1)
+    assert run.done
+    late = await ra.collect_final(run)  # a later subscriber gets the replay, ending cancelled
+    assert late.stop is ra.StopReason.CANCELLED
+
+
+async def test_cancel_before_anyone_subscribed() -> None:
+    agent, _ = two_step_agent()
+    run = agent.run("go")
+    run.cancel()
+    result = await ra.collect_final(run)
+    assert result.stop is ra.StopReason.CANCELLED
+    assert result.messages == [ra.UserMessage(content="go")]
+
+
+class ClosingProvider:
+    """Streams one text piece, then stalls; records when its stream is closed."""
+
+    def __init__(self) -> None:
+        self.closed = asyncio.Event()
+        self.first_sent = asyncio.Event()
+
+    def stream(self, request: ProviderRequest) -> Observable[ProviderChunk]:
+        async def chunks() -> AsyncIterator[ProviderChunk]:
+            try:
+                yield TextDelta(step=request.step, text="partial")
+                self.first_sent.set()
+                await asyncio.Event().wait()
+            finally:
+                self.closed.set()
+
+        return ra.from_async_iterable(chunks)
+
+
+async def test_cancel_closes_the_provider_stream() -> None:
+    provider = ClosingProvider()
+    run = ra.Agent(provider).run("go")
+    final = asyncio.ensure_future(ra.collect_final(run))
+    await asyncio.wait_for(provider.first_sent.wait(), 5)
+    run.cancel()
+    await asyncio.wait_for(provider.closed.wait(), 1)
+    result = await final
+    assert result.stop is ra.StopReason.CANCELLED
+    assert result.text == "partial"
+
+
+async def test_async_for_iterates_the_events_and_break_disposes() -> None:
+    agent, _ = two_step_agent()
+    run = agent.run("go")
+    types = [event.type async for event in run]
+    assert types[0] == "step_started" and types[-1] == "run_completed"
+
+    provider = ClosingProvider()
+    run = ra.Agent(provider).run("go")
+    async with contextlib.aclosing(ra.to_async_iterable(run)) as events:
+        async for event in events:
+            if isinstance(event, TextDelta):
+                break
+    # Leaving the loop disposed the only subscription, which cancelled the run.
+    await asyncio.wait_for(provider.closed.wait(), 1)
+    assert run.done and run.events[-1].run.stop is ra.StopReason.CANCELLED
+
+
+async def test_async_for_raises_the_runs_error() -> None:
+    provider = ra.ScriptedProvider([["half ", s.fail("connection reset")]])
+    run = ra.Agent(provider).run("go")
+    seen: list[str] = []
+    with pytest.raises(ra.ProviderError, match="connection reset") as raised:
+        async for event in run:
+            seen.append(event.type)
+    assert seen == ["step_started", "text_delta"]
+    assert raised.value.partial is not None
+    assert raised.value.partial.text == "half "  # nothing streamed is lost
+    assert ra.validate_conversation(raised.value.partial.messages) == []
+
+
+async def test_from_async_iterable_disposal_cancels_the_task() -> None:
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+    closed = asyncio.Event()
+
+    async def numbers() -> AsyncIterator[int]:
+        try:
+            yield 1
+            started.set()
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        finally:
+            closed.set()
+
+    items: list[int] = []
+    subscription = ra.from_async_iterable(numbers).subscribe(items.append)
+    await asyncio.wait_for(started.wait(), 5)
+    subscription.dispose()
+    await asyncio.wait_for(cancelled.wait(), 1)
+    await asyncio.wait_for(closed.wait(), 1)
+    assert items == [1]
+
+
+async def test_from_async_iterable_passes_items_errors_and_completion() -> None:
+    async def good() -> AsyncIterator[int]:
+        for i in range(3):
+            yield i
+            await asyncio.sleep(0)
+
+    async def bad() -> AsyncIterator[int]:
+        yield 1
+        raise KeyError("gone")
+
+    ok = await collect(ra.from_async_iterable(good))
+    assert ok.events == [0, 1, 2] and ok.completed
+    # The factory runs per subscription, so the Observable can be subscribed again.
+    assert (await collect(ra.from_async_iterable(good))).events == [0, 1, 2]
+    failed = await collect(ra.from_async_iterable(bad))
+    assert failed.events == [1] and isinstance(failed.error, KeyError)
+
+
+async def test_observers_run_on_the_loop_thread_and_sync_tools_in_workers() -> None:
+    threads: set[str] = set()
+
+    @ra.tool
+    def where() -> str:
+        """Which thread runs me."""
+        return threading.current_thread().name
+
+    provider = ra.ScriptedProvider([[s.call("where")], ["ok"]])
+    run = ra.Agent(provider, tools=[where]).run("go")
+    run.subscribe(lambda _: threads.add(threading.current_thread().name))
+    await ra.collect_final(run)
+
+    assert threads == {threading.current_thread().name}
+    (end,) = [e for e in run.events if isinstance(e, ToolCallEnded)]
+    assert end.output.startswith("rxagent-tool")
+
+
+async def test_a_sync_tool_does_not_block_the_loop() -> None:
+    release = threading.Event()
+
+    @ra.tool
+    def blocking() -> str:
+        """Blocks its thread until released."""
+        release.wait(5)
+        return "released"
+
+    provider = ra.ScriptedProvider([[s.call("blocking")], ["ok"]])
+    run = ra.Agent(provider, tools=[blocking]).run("go")
+    final = asyncio.ensure_future(ra.collect_final(run))
+    # The loop keeps serving while the tool blocks its worker thread.
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not final.done()
+    release.set()
+    result = await asyncio.wait_for(final, 5)
+    assert result.text == "ok"
+
+
+def test_run_sync_in_a_plain_script() -> None:
+    agent, provider = two_step_agent()
+    result = agent.run_sync("go", timeout=10)
+    assert result.text == "A and B." and provider.calls == 2
+
+
+def test_subscribe_without_a_loop_uses_the_background_loop() -> None:
+    agent, _ = two_step_agent()
+    run = agent.run("go")
+    texts: list[str] = []
+    run.pipe(ra.ops.text()).subscribe(texts.append)
+    result = run.result(timeout=10)
+    assert "".join(texts) == "Looking up. A and B." == "Looking up. " + result.text
+
+
+async def test_run_sync_refuses_to_block_a_running_loop() -> None:
+    agent, _ = two_step_agent()
+    with pytest.raises(RuntimeError, match="running event loop"):
+        agent.run_sync("go")
+    run = agent.run("go")
+    run.subscribe(lambda _: None)
+    with pytest.raises(RuntimeError, match="would block"):
+        run.result()
+    await ra.collect_final(run)
+
+
+async def test_collect_final_of_a_stream_without_run_completed_is_an_error() -> None:
+    import reactivex as rx
+
+    with pytest.raises(ra.AgentError, match="without a RunCompleted"):
+        await ra.collect_final(rx.empty())
+
+
+async def test_collect_final_operator() -> None:
+    agent, _ = two_step_agent()
+    run = agent.run("go")
+    got = await collect(run.pipe(ra.ops.collect_final()))
+    assert len(got.events) == 1 and got.events[0].text == "A and B."
+
+
+async def test_materialize_turns_a_failure_into_data() -> None:
+    provider = ra.ScriptedProvider([["half ", s.fail("boom")]])
+    got = await collect(ra.Agent(provider).run("go").pipe(ra.ops.materialize()))
+    assert got.completed and got.error is None
+    failed = got.events[-1]
+    assert isinstance(failed, ra.events.RunFailed)
+    assert failed.error_type == "ProviderError" and "boom" in failed.message
+    assert failed.partial is not None and failed.partial.text == "half "
