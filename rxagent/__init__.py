@@ -1,10 +1,12 @@
 """rxagent: streaming LLM agents as RxPY (reactivex) operator pipelines."""
 
-from rxagent import events, ops, policies
+from rxagent import approval, events, ops, policies
 from rxagent.agent import DEFAULT_POLICY, Agent, Run, collect_final
 from rxagent.aio import from_async_iterable, to_async_iterable
 from rxagent.errors import (
     AgentError,
+    ApprovalError,
+    OutputValidationError,
     ProviderError,
     ToolArgumentsError,
     ToolError,
@@ -27,7 +29,7 @@ from rxagent.messages import (
 )
 from rxagent.policies import LoopState, Policy, StepOutcome, StopReason
 from rxagent.providers import Provider, ProviderRequest, ScriptedProvider, scripted
-from rxagent.tools import JoinPolicy, Tool, tool
+from rxagent.tools import JoinPolicy, Tool, Toolset, tool
 from rxagent.validation import (
     ValidationPolicy,
     Violation,
@@ -43,11 +45,13 @@ __all__ = [
     "AgentError",
     "AgentEvent",
     "AgentRun",
+    "ApprovalError",
     "AssistantMessage",
     "Conversation",
     "JoinPolicy",
     "LoopState",
     "Message",
+    "OutputValidationError",
     "Policy",
     "Provider",
     "ProviderError",
@@ -66,12 +70,14 @@ __all__ = [
     "ToolMessage",
     "ToolTimeoutError",
     "ToolsFailed",
+    "Toolset",
     "UnknownToolError",
     "Usage",
     "UserMessage",
     "ValidationPolicy",
     "Violation",
     "ViolationCode",
+    "approval",
     "collect_final",
     "events",
     "from_async_iterable",

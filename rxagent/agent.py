@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import Executor
 from typing import Any
 
@@ -15,15 +16,26 @@ from reactivex.disposable import Disposable
 from reactivex.subject import Subject
 
 from rxagent import ops
-from rxagent.aio import call_on, current_loop, running_loop, to_async_iterable
-from rxagent.errors import AgentError
+from rxagent.aio import (
+    call_on,
+    current_loop,
+    from_async_iterable,
+    running_loop,
+    to_async_iterable,
+)
+from rxagent.errors import AgentError, ApprovalError, ToolArgumentsError
 from rxagent.events import AgentEvent, AgentRun, RunCompleted
-from rxagent.messages import Conversation, ConversationInput
+from rxagent.messages import Conversation, ConversationInput, ToolCallStatus
+from rxagent.ops._step import BeforeHook
+from rxagent.output import OutputSpec
 from rxagent.policies import Policy, StopReason, max_steps, until_no_tool_calls
 from rxagent.providers.base import Provider
-from rxagent.tools import JoinPolicy, Tool, ToolRegistry
+from rxagent.tools import JoinPolicy, ToolRegistry, ToolsInput
 
-__all__ = ["DEFAULT_POLICY", "Agent", "Run", "collect_final"]
+__all__ = ["DEFAULT_POLICY", "AfterHook", "Agent", "Run", "collect_final"]
+
+#: Sees each finished run (sync or async).
+AfterHook = Callable[[AgentRun], "Awaitable[None] | None"]
 
 log = logging.getLogger("rxagent")
 
@@ -41,13 +53,29 @@ class Agent:
     default reports them to the model, which can then recover. ``tool_timeout``
     (seconds) applies to tools without a timeout of their own. ``options`` go
     to the provider with every request, unchanged.
+
+    ``tools`` may mix tools, plain functions and :class:`~rxagent.tools.Toolset`
+    groups (with their approval strategies); a name held twice is an error here.
+
+    ``output_type`` (a pydantic model, or any type a ``TypeAdapter`` takes) makes
+    the final answer structured: the model is asked for JSON of that schema,
+    partial parses stream as ``Structured(partial=True)`` events, and
+    ``result.output`` is the validated value. An answer that does not fit goes
+    back to the model with the errors, up to ``output_retries`` times (each an
+    ``OutputRetry`` event); past that the run fails with ``OutputValidationError``.
+
+    ``before(messages)`` may rewrite the messages of each provider request (trim,
+    inject context) and ``after(run)`` sees each finished run (log, store); both
+    are plain functions or coroutine functions. ``before`` changes what is sent,
+    never the conversation; an ``after`` that raises is logged, and the run still
+    completes; an async ``after`` is awaited before ``RunCompleted`` is emitted.
     """
 
     def __init__(
         self,
         provider: Provider,
         *,
-        tools: Iterable[Tool[..., Any] | Callable[..., Any]] = (),
+        tools: ToolsInput = (),
         instructions: str | None = None,
         policy: Policy | None = None,
         max_tool_concurrency: int | None = None,
@@ -55,6 +83,10 @@ class Agent:
         tool_timeout: float | None = None,
         options: Mapping[str, Any] | None = None,
         executor: Executor | None = None,
+        output_type: Any = None,
+        output_retries: int = 1,
+        before: BeforeHook | None = None,
+        after: AfterHook | None = None,
     ) -> None:
         if not callable(getattr(provider, "stream", None)):
             raise TypeError(f"provider must have a stream(request) method, got {provider!r}")
@@ -71,6 +103,11 @@ class Agent:
         self.tool_timeout = tool_timeout
         self.options = dict(options or {})
         self.executor = executor
+        self.output = (
+            OutputSpec(output_type, retries=output_retries) if output_type is not None else None
+        )
+        self.before = before
+        self.after = after
 
     def operator(
         self, *, cancel: Observable[Any] | None = None
@@ -86,17 +123,53 @@ class Agent:
             tool_timeout=self.tool_timeout,
             executor=self.executor,
             cancel=cancel,
+            output=self.output,
+            before=self.before,
         )
-        return ops.loop(step, self.policy)
+        loop = ops.loop(step, self.policy)
+        if self.after is None:
+            return loop
+        after = _after(self.after)
+        return lambda source: after(loop(source))
 
     def run(self, input: ConversationInput) -> Run:
-        """A run on ``input`` (text, messages or a Conversation); it starts when observed."""
+        """A run on ``input`` (text, messages or a Conversation); it starts when observed.
+
+        A conversation whose last turn waits on approvals resumes it: approved calls
+        run first, rejected ones are answered with the refusal, calls still pending
+        pause the run again, and then the next provider turn follows. Raises
+        :class:`~rxagent.errors.ApprovalError` at once when such a conversation
+        cannot be resumed (edited arguments that do not fit, messages added after
+        the waiting calls, ...).
+        """
         conversation = Conversation.of(input)
+        self._check_resumable(conversation)
 
         def build(cancel: Observable[Any]) -> Observable[AgentEvent]:
             return rx.just(conversation).pipe(self.operator(cancel=cancel))
 
         return Run(build, conversation)
+
+    def _check_resumable(self, conversation: Conversation) -> None:
+        turn = conversation.open_turn()
+        if turn is None:
+            return
+        for call in turn.unanswered:
+            if call.status is not ToolCallStatus.APPROVED:
+                continue
+            tool = self.tools.get(call.name)
+            if tool is None:
+                raise ApprovalError(
+                    f"call {call.id!r} was approved for tool {call.name!r}, "
+                    "which this agent does not have"
+                )
+            try:
+                tool.bind(call.arguments, call.id)
+            except ToolArgumentsError as error:
+                raise ApprovalError(
+                    f"the approved arguments of call {call.id!r} do not fit tool "
+                    f"{call.name!r}: {error.message}"
+                ) from None
 
     def run_sync(self, input: ConversationInput, *, timeout: float | None = None) -> AgentRun:
         """Run to the end and return the result; for scripts with no running event loop."""
@@ -321,3 +394,59 @@ async def collect_final(source: Observable[AgentEvent]) -> AgentRun:
         return await future
     finally:
         subscription.dispose()
+
+
+def _after(hook: AfterHook) -> Callable[[Observable[AgentEvent]], Observable[AgentEvent]]:
+    """Call ``hook`` with the finished run before ``RunCompleted`` goes on."""
+
+    def operator(source: Observable[AgentEvent]) -> Observable[AgentEvent]:
+        def subscribe(
+            observer: abc.ObserverBase[AgentEvent], scheduler: abc.SchedulerBase | None = None
+        ) -> abc.DisposableBase:
+            held: list[AgentEvent] = []
+            waiting: list[abc.DisposableBase] = []
+
+            def release() -> None:
+                for event in held:
+                    observer.on_next(event)
+                observer.on_completed()
+
+            def on_next(event: AgentEvent) -> None:
+                if type(event) is not RunCompleted or held:
+                    observer.on_next(event)
+                    return
+                held.append(event)
+                try:
+                    result = hook(event.run)
+                except Exception:
+                    log.exception("the after hook raised; the run completes anyway")
+                    return
+                if inspect.isawaitable(result):
+                    awaited = result
+
+                    async def wait() -> AsyncIterator[None]:
+                        try:
+                            await awaited
+                        except Exception:
+                            log.exception("the after hook raised; the run completes anyway")
+                        yield None
+
+                    waiting.append(from_async_iterable(wait).subscribe(on_completed=release))
+
+            def on_completed() -> None:
+                if not waiting:
+                    release()
+
+            disposable = source.subscribe(
+                on_next, observer.on_error, on_completed, scheduler=scheduler
+            )
+
+            def dispose() -> None:
+                for d in (disposable, *waiting):
+                    d.dispose()
+
+            return Disposable(dispose)
+
+        return Observable(subscribe)
+
+    return operator

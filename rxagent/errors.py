@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AgentError",
+    "ApprovalError",
+    "OutputValidationError",
     "ProviderError",
     "ToolArgumentsError",
     "ToolError",
@@ -33,6 +35,23 @@ class AgentError(Exception):
         super().__init__(message)
         self.message = message
         self.partial: AgentRun | None = partial
+
+
+class ApprovalError(AgentError, ValueError):
+    """A human-in-the-loop misuse: approving an unknown or already decided call, edited
+    arguments that do not fit, resuming a conversation that cannot be resumed."""
+
+
+class OutputValidationError(AgentError):
+    """The model's structured output did not fit ``output_type``, retries exhausted;
+    ``errors`` says why, ``text`` is the model's last answer."""
+
+    def __init__(
+        self, message: str, *, errors: str = "", text: str = "", partial: AgentRun | None = None
+    ) -> None:
+        super().__init__(message, partial=partial)
+        self.errors = errors
+        self.text = text
 
 
 class ProviderError(AgentError):

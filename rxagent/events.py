@@ -14,14 +14,13 @@ from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from rxagent.messages import AssistantMessage, Conversation, ToolCall, Usage
-from rxagent.policies import StepOutcome, StopReason
+from rxagent.messages import AssistantMessage, Conversation, ToolCall, ToolCallStatus, Usage
+from rxagent.policies import PauseReason, StepOutcome, StopReason
 
 __all__ = [
     "AgentEvent",
     "AgentRun",
     "Paused",
-    "PauseReason",
     "ReasoningDelta",
     "RunCompleted",
     "RunFailed",
@@ -31,7 +30,9 @@ __all__ = [
     "Structured",
     "TextDelta",
     "ToolArgsDelta",
+    "OutputRetry",
     "ToolCallEnded",
+    "ToolCallPending",
     "ToolCallStarted",
     "ToolProgress",
     "UsageDelta",
@@ -127,14 +128,32 @@ class ToolProgress(_Event):
     data: Any
 
 
+class ToolCallPending(_Event):
+    """A call waits: for a human's approval (``awaiting="approval"``) or for its time
+    (``awaiting="schedule"``, from ``not_before``). The run pauses at the step's end."""
+
+    type: Literal["tool_call_pending"] = "tool_call_pending"
+    call_id: str
+    name: str
+    arguments: dict[str, Any]
+    awaiting: Literal["approval", "schedule"]
+    reason: str | None = None
+    not_before: float | None = None
+
+
 class ToolCallEnded(_Event):
-    """A call ended: ``output`` on success, ``error`` (a message) on failure."""
+    """A call ended: ``output`` on success, ``error`` (a message) on failure.
+
+    ``status`` is ``completed``, ``failed``, or ``rejected`` (refused by an approval
+    strategy or a human; ``error`` then holds the refusal the model reads).
+    """
 
     type: Literal["tool_call_ended"] = "tool_call_ended"
     call_id: str
     name: str
     output: Any = None
     error: str | None = None
+    status: ToolCallStatus = ToolCallStatus.COMPLETED
     at: float = Field(default_factory=_now)
 
     @property
@@ -166,23 +185,20 @@ class StepRetry(_Event):
     error: str
 
 
+class OutputRetry(_Event):
+    """The model's structured output did not fit; it is asked again (``attempt`` from 1)."""
+
+    type: Literal["output_retry"] = "output_retry"
+    attempt: int
+    errors: str
+
+
 class StepCompleted(_Event):
     """A step ended; ``outcome`` holds the messages it added, its usage and tools."""
 
     type: Literal["step_completed"] = "step_completed"
     outcome: StepOutcome
     at: float = Field(default_factory=_now)
-
-
-class PauseReason(BaseModel):
-    """Why a run paused: calls waiting for approval, calls scheduled for later."""
-
-    model_config = ConfigDict(frozen=True)
-
-    kind: Literal["awaiting_approval", "scheduled", "mixed"]
-    awaiting_approval: tuple[str, ...] = ()
-    #: call id -> the time (``time.time()``) from which it may run.
-    scheduled: dict[str, float] = Field(default_factory=dict)
 
 
 class Paused(_Event):
@@ -217,11 +233,13 @@ AgentEvent: TypeAlias = Annotated[
     | ReasoningDelta
     | ToolArgsDelta
     | ToolCallStarted
+    | ToolCallPending
     | ToolProgress
     | ToolCallEnded
     | UsageDelta
     | Structured
     | StepRetry
+    | OutputRetry
     | StepCompleted
     | Paused
     | RunCompleted

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeAlias, overload
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, TypeAdapter, ValidationError
 
+from rxagent.errors import ApprovalError
+
 __all__ = [
     "AssistantMessage",
+    "OpenTurn",
     "Conversation",
     "ConversationInput",
     "Message",
@@ -82,12 +86,22 @@ _FINAL_STATUSES = frozenset(
 
 
 class ToolCall(_Frozen):
-    """A call the model asked for: ``arguments`` is the JSON text the model wrote."""
+    """A call the model asked for: ``arguments`` is the JSON text the model wrote.
+
+    ``status`` defaults to ``completed``, as for the calls of a stored history; a
+    run sets it as the call goes through its life.
+    """
 
     id: str
     name: str
     arguments: str = "{}"
-    status: ToolCallStatus = ToolCallStatus.PENDING
+    status: ToolCallStatus = ToolCallStatus.COMPLETED
+    #: Why the call waits, or why it was rejected (a strategy's or a human's words).
+    reason: str | None = None
+    #: For a deferred call: the time (``time.time()``) from which it may run.
+    not_before: float | None = None
+    #: The model's own arguments, when a human approved the call with edited ones.
+    original_arguments: str | None = None
 
     def parsed_arguments(self) -> Any:
         """The arguments as JSON data (raises ``ValueError`` if they are not JSON)."""
@@ -224,6 +238,106 @@ class Conversation(RootModel[list[Message]]):
     def __add__(self, other: Iterable[Message]) -> Conversation:
         return Conversation([*self.root, *other])
 
+    # -- human in the loop -------------------------------------------------------
+    @property
+    def pending(self) -> list[ToolCall]:
+        """The calls of the last assistant turn that wait for a decision."""
+        turn = self.open_turn()
+        return [c for c in turn.unanswered if c.status is ToolCallStatus.PENDING] if turn else []
+
+    def approve(self, call_id: str, *, arguments: Mapping[str, Any] | str | None = None) -> None:
+        """Approve a pending call, optionally with edited ``arguments``; it runs on resume.
+
+        The edited arguments must be a JSON object; they are checked against the
+        tool's schema when the run resumes (``agent.run`` raises at once if they do
+        not fit). The model's own arguments are kept in ``original_arguments``.
+        """
+        index, call = self._pending_call(call_id, "approve")
+        update: dict[str, Any] = {"status": ToolCallStatus.APPROVED}
+        if arguments is not None:
+            text = arguments if isinstance(arguments, str) else json.dumps(dict(arguments))
+            try:
+                parsed = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise ApprovalError(
+                    f"the edited arguments for call {call_id!r} are not JSON: {error.msg}"
+                ) from None
+            if not isinstance(parsed, dict):
+                raise ApprovalError(f"the edited arguments for call {call_id!r} must be an object")
+            update["arguments"] = text
+            update["original_arguments"] = call.original_arguments or call.arguments
+        self._replace_call(index, call.model_copy(update=update))
+
+    def reject(self, call_id: str, reason: str = "The user declined this call.") -> None:
+        """Reject a pending call: it never runs, and the model reads ``reason`` on resume."""
+        index, call = self._pending_call(call_id, "reject")
+        self._replace_call(
+            index, call.model_copy(update={"status": ToolCallStatus.REJECTED, "reason": reason})
+        )
+
+    def open_turn(self) -> OpenTurn | None:
+        """The last assistant turn, when some of its calls have no tool message yet.
+
+        Raises :class:`~rxagent.errors.ApprovalError` when such a turn cannot be
+        resumed: messages other than its tool messages follow it, or a call
+        without an answer is neither pending, approved nor rejected.
+        """
+        for index in range(len(self.root) - 1, -1, -1):
+            message = self.root[index]
+            if isinstance(message, AssistantMessage):
+                break
+        else:
+            return None
+        if not message.tool_calls:
+            return None
+        ids = {c.id for c in message.tool_calls}
+        answers: dict[str, ToolMessage] = {}
+        for later in self.root[index + 1 :]:
+            if isinstance(later, ToolMessage) and later.tool_call_id in ids:
+                answers.setdefault(later.tool_call_id, later)
+        unanswered = [c for c in message.tool_calls if c.id not in answers]
+        if not unanswered:
+            return None
+        if any(
+            not (isinstance(m, ToolMessage) and m.tool_call_id in ids)
+            for m in self.root[index + 1 :]
+        ):
+            raise ApprovalError(
+                "messages follow tool calls that still wait for a decision "
+                f"({', '.join(c.id for c in unanswered)}); approve or reject them and resume "
+                "before adding messages"
+            )
+        for call in unanswered:
+            if call.status not in _RESUMABLE:
+                raise ApprovalError(
+                    f"call {call.id!r} has no tool message and is {call.status.value}; only "
+                    "pending, approved or rejected calls can be resumed"
+                )
+        return OpenTurn(index, message, answers, unanswered)
+
+    def _pending_call(self, call_id: str, verb: str) -> tuple[int, ToolCall]:
+        for index, message in enumerate(self.root):
+            if isinstance(message, AssistantMessage):
+                for call in message.tool_calls:
+                    if call.id == call_id:
+                        if call.status is not ToolCallStatus.PENDING:
+                            raise ApprovalError(
+                                f"cannot {verb} call {call_id!r}: it is {call.status.value}, "
+                                "not pending"
+                            )
+                        return index, call
+        waiting = ", ".join(c.id for c in self.pending) or "none"
+        raise ApprovalError(
+            f"cannot {verb} call {call_id!r}: the model made no such call "
+            f"(calls waiting for a decision: {waiting})"
+        )
+
+    def _replace_call(self, index: int, call: ToolCall) -> None:
+        message = self.root[index]
+        assert isinstance(message, AssistantMessage)
+        calls = tuple(call if c.id == call.id else c for c in message.tool_calls)
+        self.root[index] = message.model_copy(update={"tool_calls": calls})
+
     # -- queries ----------------------------------------------------------------
     def tool_calls(self) -> list[ToolCall]:
         """Every tool call in the conversation, in order."""
@@ -241,6 +355,22 @@ class Conversation(RootModel[list[Message]]):
             if isinstance(m, AssistantMessage):
                 return m
         return None
+
+
+_RESUMABLE = frozenset({ToolCallStatus.PENDING, ToolCallStatus.APPROVED, ToolCallStatus.REJECTED})
+
+
+@dataclass(frozen=True)
+class OpenTurn:
+    """An assistant turn some of whose calls have no tool message yet (a paused turn)."""
+
+    #: The index of the assistant message in the conversation.
+    index: int
+    assistant: AssistantMessage
+    #: The tool messages it already has, by call id.
+    answers: Mapping[str, ToolMessage]
+    #: Its calls without a tool message, in call order.
+    unanswered: list[ToolCall]
 
 
 #: What a run accepts as input.

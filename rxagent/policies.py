@@ -18,13 +18,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from rxagent.messages import Message, ToolCall, Usage
+from rxagent.messages import Conversation, Message, ToolCall, Usage
 
 __all__ = [
     "LoopState",
+    "PauseReason",
     "Policy",
     "StepOutcome",
     "StopReason",
@@ -53,6 +55,17 @@ class StopReason(StrEnum):
     ERROR = "error"
 
 
+class PauseReason(BaseModel):
+    """Why a run paused: calls waiting for approval, calls scheduled for later."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["awaiting_approval", "scheduled", "mixed"]
+    awaiting_approval: tuple[str, ...] = ()
+    #: call id -> the time (``time.time()``) from which it may run.
+    scheduled: dict[str, float] = Field(default_factory=dict)
+
+
 class StepOutcome(BaseModel):
     """What one step did: the messages it added, its usage, its tool calls."""
 
@@ -60,7 +73,12 @@ class StepOutcome(BaseModel):
 
     step: int
     #: The messages this step added: the assistant message, then its tool messages.
+    #: A step that resumed a paused turn starts with that turn, rewritten (see ``replaces``).
     messages: tuple[Message, ...] = ()
+    #: How many messages at the end of the step's input conversation the first of
+    #: ``messages`` replace: a resumed turn's assistant message (with its calls' new
+    #: status) and its tool messages, put back in call order. Use :meth:`apply`.
+    replaces: int = 0
     usage: Usage = Usage()
     #: The calls the model made this step, with their final status.
     tool_calls: tuple[ToolCall, ...] = ()
@@ -69,6 +87,13 @@ class StepOutcome(BaseModel):
     finish_reason: str | None = None
     #: The step was cut short by a cancellation.
     cancelled: bool = False
+    #: Set when calls wait for a human or a schedule: the run pauses after this step.
+    pause: PauseReason | None = None
+    #: The validated structured output, when the agent has an ``output_type`` and this
+    #: step gave the final answer.
+    output: Any = None
+    #: The answer did not fit ``output_type`` and the model is asked again.
+    output_retry: bool = False
     #: Wall-clock times (``time.time()``): the step began, the provider's stream ended,
     #: the step ended.
     started_at: float = 0.0
@@ -78,6 +103,12 @@ class StepOutcome(BaseModel):
     @property
     def has_tool_calls(self) -> bool:
         return bool(self.tool_calls)
+
+    def apply(self, conversation: Conversation) -> None:
+        """Bring ``conversation`` (the step's input) up to date with this step, in place."""
+        if self.replaces:
+            del conversation.root[-self.replaces :]
+        conversation.extend(self.messages)
 
 
 @dataclass(frozen=True)
@@ -144,10 +175,15 @@ def _positive(name: str, value: float) -> None:
 
 
 def until_no_tool_calls() -> Policy:
-    """Stop after a step in which the model called no tool (its final answer)."""
+    """Stop after a step in which the model called no tool (its final answer).
+
+    A structured answer that did not fit and is being retried is not final.
+    """
 
     def decide(state: LoopState, outcome: StepOutcome) -> StopReason | None:
-        return None if outcome.tool_calls else StopReason.NO_TOOL_CALLS
+        if outcome.tool_calls or outcome.output_retry:
+            return None
+        return StopReason.NO_TOOL_CALLS
 
     return Policy(decide, "until_no_tool_calls()")
 

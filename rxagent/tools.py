@@ -26,11 +26,11 @@ import inspect
 import json
 import re
 import sys
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Generic, ParamSpec, TypeVar, get_type_hints, overload
+from typing import Any, Generic, ParamSpec, TypeAlias, TypeVar, get_type_hints, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
@@ -38,6 +38,7 @@ from pydantic_core import to_jsonable_python
 from reactivex import Observable
 
 from rxagent.aio import to_async_iterable
+from rxagent.approval import EXECUTE, ApprovalRequest, Decision, Strategy, as_strategy
 from rxagent.errors import ToolArgumentsError, UnknownToolError
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "Tool",
     "ToolRegistry",
     "ToolSpec",
+    "Toolset",
     "default_executor",
     "output_text",
     "tool",
@@ -126,6 +128,7 @@ class Tool(Generic[P, R]):
         timeout: float | None = None,
         strict: bool = False,
         metadata: Mapping[str, Any] | None = None,
+        approval: Strategy | Decision | None = None,
         _namespace: Mapping[str, Any] | None = None,
     ) -> None:
         if timeout is not None and timeout <= 0:
@@ -139,6 +142,8 @@ class Tool(Generic[P, R]):
         self.timeout = timeout
         self.strict = strict
         self.metadata: dict[str, Any] = dict(metadata or {})
+        #: The tool's own approval strategy (``None``: its toolset's, else execute).
+        self.approval = as_strategy(approval)
         # Names in string annotations may be local to where the tool was defined.
         namespace = _namespace if _namespace is not None else _caller_locals(1)
         try:
@@ -245,6 +250,7 @@ def tool(
     timeout: float | None = None,
     strict: bool = False,
     metadata: Mapping[str, Any] | None = None,
+    approval: Strategy | Decision | None = None,
 ) -> Callable[[Callable[P, R]], Tool[P, R]]: ...
 def tool(
     fn: Callable[P, R] | None = None,
@@ -255,10 +261,13 @@ def tool(
     timeout: float | None = None,
     strict: bool = False,
     metadata: Mapping[str, Any] | None = None,
+    approval: Strategy | Decision | None = None,
 ) -> Tool[P, R] | Callable[[Callable[P, R]], Tool[P, R]]:
     """Make a function a :class:`Tool`: ``@tool`` or ``@tool(name=..., timeout=...)``.
 
     ``timeout`` (seconds) fails a call that runs longer with ``ToolTimeoutError``.
+    ``approval`` is the tool's approval strategy (see :mod:`rxagent.approval`);
+    ``metadata`` is yours, and strategies see it.
     """
 
     namespace = _caller_locals(1)
@@ -271,6 +280,7 @@ def tool(
             timeout=timeout,
             strict=strict,
             metadata=metadata,
+            approval=approval,
             _namespace=namespace,
         )
 
@@ -279,21 +289,64 @@ def tool(
 
 def as_tool(item: Tool[..., Any] | Callable[..., Any]) -> Tool[..., Any]:
     """``item`` if it is a Tool, else the function made into one."""
-    return item if isinstance(item, Tool) else Tool(item)
+    return item if isinstance(item, Tool) else Tool(item, _namespace={})
+
+
+class Toolset:
+    """A group of tools sharing an approval strategy (a tool's own strategy wins).
+
+    An agent may take several toolsets (and loose tools); a tool name that two of
+    them hold is an error when the agent is made.
+    """
+
+    def __init__(
+        self,
+        tools: Iterable[Tool[..., Any] | Callable[..., Any]],
+        *,
+        approval: Strategy | Decision | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.tools = [as_tool(t) for t in tools]
+        self.approval = as_strategy(approval)
+        self.name = name or "toolset"
+
+    def __repr__(self) -> str:
+        return f"Toolset({self.name!r}, {[t.name for t in self.tools]})"
+
+
+ToolsInput: TypeAlias = Iterable["Tool[..., Any] | Toolset | Callable[..., Any]"]
 
 
 class ToolRegistry:
-    """Tools by name; a name given twice is an error."""
+    """Tools by name, each with its approval strategy; a name given twice is an error."""
 
-    def __init__(self, tools: Iterable[Tool[..., Any] | Callable[..., Any]] = ()) -> None:
+    def __init__(self, tools: ToolsInput = ()) -> None:
         self._tools: dict[str, Tool[..., Any]] = {}
+        self._owners: dict[str, str] = {}
+        self._strategies: dict[str, Strategy] = {}
         for item in tools:
-            t = as_tool(item)
-            if t.name in self._tools:
-                raise ValueError(f"two tools are named {t.name!r}")
-            self._tools[t.name] = t
+            if isinstance(item, ToolRegistry):
+                for name, t in item._tools.items():
+                    self._add(t, item._owners[name], item._strategies.get(name))
+            elif isinstance(item, Toolset):
+                for t in item.tools:
+                    self._add(t, f"toolset {item.name!r}", t.approval or item.approval)
+            else:
+                t = as_tool(item)
+                self._add(t, "the agent's tools", t.approval)
 
-    def __iter__(self) -> Any:
+    def _add(self, t: Tool[..., Any], owner: str, strategy: Strategy | None) -> None:
+        if t.name in self._tools:
+            where = (
+                owner if owner == self._owners[t.name] else f"{self._owners[t.name]} and {owner}"
+            )
+            raise ValueError(f"two tools are named {t.name!r} (in {where})")
+        self._tools[t.name] = t
+        self._owners[t.name] = owner
+        if strategy is not None:
+            self._strategies[t.name] = strategy
+
+    def __iter__(self) -> Iterator[Tool[..., Any]]:
         return iter(self._tools.values())
 
     def __len__(self) -> int:
@@ -301,6 +354,9 @@ class ToolRegistry:
 
     def __contains__(self, name: object) -> bool:
         return name in self._tools
+
+    def get(self, name: str) -> Tool[..., Any] | None:
+        return self._tools.get(name)
 
     @property
     def specs(self) -> tuple[ToolSpec, ...]:
@@ -317,6 +373,21 @@ class ToolRegistry:
                 tool_name=name,
             )
         return found.bind(arguments, call_id)
+
+    def decide(self, call_id: str, bound: BoundCall) -> Decision:
+        """What the call's approval strategy says (execute, when it has none)."""
+        strategy = self._strategies.get(bound.tool.name)
+        if strategy is None:
+            return EXECUTE
+        decision = strategy(
+            ApprovalRequest(call_id, bound.tool.name, bound.arguments, bound.tool.metadata)
+        )
+        if not isinstance(decision, Decision):
+            raise TypeError(
+                f"the approval strategy of tool {bound.tool.name!r} returned {decision!r}, "
+                "not a Decision"
+            )
+        return decision
 
 
 def output_text(output: Any) -> str:

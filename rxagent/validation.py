@@ -19,9 +19,12 @@ from rxagent.messages import (
     Conversation,
     Message,
     SystemMessage,
+    ToolCallStatus,
     ToolMessage,
     UserMessage,
 )
+
+_WAITING = frozenset({ToolCallStatus.PENDING, ToolCallStatus.APPROVED, ToolCallStatus.REJECTED})
 
 __all__ = ["ValidationPolicy", "Violation", "ViolationCode", "validate_conversation"]
 
@@ -75,6 +78,9 @@ class ValidationPolicy:
     require_user_present: bool = False
     #: An assistant's tool calls may lack responses.
     allow_dangling_tool_calls: bool = False
+    #: Calls waiting on a human (pending, or approved/rejected and not yet resumed) may
+    #: lack responses: a paused run's conversation is valid.
+    allow_pending_tool_calls: bool = True
 
 
 @dataclass
@@ -83,6 +89,8 @@ class _Window:
 
     assistant_index: int
     expected: list[str]
+    #: Calls that wait on a human and may go unanswered.
+    waiting: set[str] = field(default_factory=set)
     seen_order: list[str] = field(default_factory=list)
     seen_at: dict[str, list[int]] = field(default_factory=dict)
     contiguity_broken: bool = False
@@ -217,7 +225,12 @@ def _check_tool_calls(msgs: list[Message], policy: ValidationPolicy, out: list[V
                 window = None
             if m.tool_calls:
                 _check_call_ids(m, i, out)
-                window = _Window(i, [c.id for c in m.tool_calls])
+                waiting = (
+                    {c.id for c in m.tool_calls if c.status in _WAITING}
+                    if policy.allow_pending_tool_calls
+                    else set()
+                )
+                window = _Window(i, [c.id for c in m.tool_calls], waiting)
     if window is not None:
         _close_window(window, policy, out)
 
@@ -225,7 +238,11 @@ def _check_tool_calls(msgs: list[Message], policy: ValidationPolicy, out: list[V
 def _check_contiguity(
     window: _Window, i: int, policy: ValidationPolicy, out: list[Violation]
 ) -> None:
-    if policy.enforce_contiguous_tool_responses and not window.contiguity_broken and window.pending:
+    if (
+        policy.enforce_contiguous_tool_responses
+        and not window.contiguity_broken
+        and window.pending - len(window.waiting - set(window.seen_at))
+    ):
         window.contiguity_broken = True
         out.append(
             Violation(
@@ -269,7 +286,9 @@ def _check_call_ids(m: AssistantMessage, i: int, out: list[Violation]) -> None:
 
 
 def _close_window(window: _Window, policy: ValidationPolicy, out: list[Violation]) -> None:
-    missing = [cid for cid in window.expected if cid not in window.seen_at]
+    missing = [
+        cid for cid in window.expected if cid not in window.seen_at and cid not in window.waiting
+    ]
     if missing and not policy.allow_dangling_tool_calls:
         out.append(
             Violation(

@@ -341,3 +341,20 @@ def test_each_mutation_is_caught_with_its_code(
     found = ra.validate_conversation(broken, ra.ValidationPolicy(**policy))
     assert code in {v.code for v in found}, (broken, found)
     assert all(v.message for v in found)
+
+
+def test_calls_waiting_on_a_human_may_lack_answers() -> None:
+    waiting = A(
+        tool_calls=(
+            ToolCall(id="p", name="t", status=ra.ToolCallStatus.PENDING),
+            ToolCall(id="a", name="t", status=ra.ToolCallStatus.APPROVED),
+            ToolCall(id="r", name="t", status=ra.ToolCallStatus.REJECTED),
+            ToolCall(id="done", name="t", status=ra.ToolCallStatus.COMPLETED),
+        )
+    )
+    convo = [U(content="q"), waiting, T(tool_call_id="done", content="1")]
+    assert codes(convo) == set()
+    strict = codes(convo, allow_pending_tool_calls=False)
+    assert strict == {V.MISSING_TOOL_RESPONSES}
+    # A completed call without an answer is still dangling.
+    assert codes([U(content="q"), waiting]) == {V.MISSING_TOOL_RESPONSES}

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable
+import time
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from typing import Any, TypeAlias
 
@@ -12,6 +13,7 @@ from reactivex import operators as rx_ops
 from reactivex.disposable import Disposable, SingleAssignmentDisposable
 
 from rxagent.aio import from_async_iterable
+from rxagent.approval import EXECUTE
 from rxagent.errors import (
     AgentError,
     ToolError,
@@ -19,9 +21,15 @@ from rxagent.errors import (
     ToolsFailed,
     ToolTimeoutError,
 )
-from rxagent.events import AgentEvent, ToolCallEnded, ToolCallStarted, ToolProgress
-from rxagent.messages import ToolCall
-from rxagent.tools import BoundCall, JoinPolicy, Tool, ToolRegistry, jsonable
+from rxagent.events import (
+    AgentEvent,
+    ToolCallEnded,
+    ToolCallPending,
+    ToolCallStarted,
+    ToolProgress,
+)
+from rxagent.messages import ToolCall, ToolCallStatus
+from rxagent.tools import BoundCall, JoinPolicy, ToolRegistry, ToolsInput, jsonable
 
 __all__ = ["fan_out_tools"]
 
@@ -30,7 +38,7 @@ _Item: TypeAlias = tuple[int, AgentEvent, ToolError | None]
 
 
 def fan_out_tools(
-    tools: ToolRegistry | Iterable[Tool[..., Any] | Callable[..., Any]],
+    tools: ToolRegistry | ToolsInput,
     *,
     max_concurrent: int | None = None,
     join: JoinPolicy = JoinPolicy.REPORT_TO_MODEL,
@@ -53,6 +61,11 @@ def fan_out_tools(
 
     A call to an unknown tool, or with arguments that are not JSON or do not
     fit the tool's schema, never starts: it ends at once with the error.
+    Each valid call is put to its approval strategy (unless it is already
+    ``approved``): a call that needs approval, or is deferred to later, emits
+    ``ToolCallPending`` instead of running; a refused call (or one a human
+    ``rejected``) ends at once with ``status="rejected"`` and the refusal as its
+    error, which no join policy counts as a failure.
     ``join`` says what failures do (see :class:`~rxagent.tools.JoinPolicy`):
     ``FAIL_FAST`` cancels the running calls, emits the ends it has (in call
     order; a cancelled call has none) and errors with the failure;
@@ -73,21 +86,58 @@ def fan_out_tools(
         def subscribe(
             observer: abc.ObserverBase[_Item], scheduler: abc.SchedulerBase | None = None
         ) -> abc.DisposableBase:
-            def ended(output: Any = None, error: ToolError | None = None) -> None:
+            def ended(
+                output: Any = None,
+                error: ToolError | None = None,
+                status: ToolCallStatus | None = None,
+            ) -> None:
                 event = ToolCallEnded(
                     step=step,
                     call_id=call.id,
                     name=call.name,
                     output=output,
                     error=None if error is None else error.message,
+                    status=status
+                    or (ToolCallStatus.COMPLETED if error is None else ToolCallStatus.FAILED),
                 )
-                observer.on_next((index, event, error))
+                # A refusal is the call's answer, not a failure of the step.
+                failure = None if status is ToolCallStatus.REJECTED else error
+                observer.on_next((index, event, failure))
                 observer.on_completed()
 
+            if call.status is ToolCallStatus.REJECTED:
+                ended(error=_refusal(call, call.reason), status=ToolCallStatus.REJECTED)
+                return Disposable()
             try:
                 bound = registry.bind(call.id, call.name, call.arguments)
+                decision = (
+                    EXECUTE
+                    if call.status is ToolCallStatus.APPROVED
+                    else registry.decide(call.id, bound)
+                )
             except ToolError as error:
                 ended(error=error)
+                return Disposable()
+            except Exception as error:  # the approval strategy itself raised
+                ended(error=_as_tool_error(error, call, None))
+                return Disposable()
+            if decision.kind == "reject":
+                ended(error=_refusal(call, decision.reason), status=ToolCallStatus.REJECTED)
+                return Disposable()
+            if decision.kind == "require_approval" or (
+                decision.kind == "defer" and (decision.until or 0) > time.time()
+            ):
+                pending = ToolCallPending(
+                    step=step,
+                    call_id=call.id,
+                    name=call.name,
+                    arguments=bound.arguments,
+                    awaiting="approval" if decision.kind == "require_approval" else "schedule",
+                    reason=decision.reason,
+                    not_before=decision.until,
+                )
+                observer.on_next((index, pending, None))
+                observer.on_completed()
                 return Disposable()
             observer.on_next(
                 (
@@ -120,7 +170,8 @@ def fan_out_tools(
         def subscribe(
             observer: abc.ObserverBase[AgentEvent], scheduler: abc.SchedulerBase | None = None
         ) -> abc.DisposableBase:
-            ends: dict[int, ToolCallEnded] = {}
+            # Ends (and pendings, which end a call's part in this step) by call index.
+            ends: dict[int, ToolCallEnded | ToolCallPending] = {}
             failures: dict[int, ToolError] = {}
             next_index = 0
             finished = False
@@ -137,7 +188,7 @@ def fan_out_tools(
                 if finished:
                     return
                 index, event, error = item
-                if not isinstance(event, ToolCallEnded):
+                if not isinstance(event, ToolCallEnded | ToolCallPending):
                     observer.on_next(event)
                     return
                 ends[index] = event
@@ -191,6 +242,12 @@ async def _execute(
     async with asyncio.timeout(limit):
         async for item in items:
             yield item
+
+
+def _refusal(call: ToolCall, reason: str | None) -> ToolError:
+    return ToolError(
+        f"Rejected: {reason or 'the call was not approved.'}", call_id=call.id, tool_name=call.name
+    )
 
 
 def _as_tool_error(error: Exception, call: ToolCall, limit: float | None) -> ToolError:

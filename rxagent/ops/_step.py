@@ -1,23 +1,27 @@
-"""``step``: one provider turn plus the tools it calls."""
+"""``step``: one provider turn plus the tools it calls (and the resumption of a paused turn)."""
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
+import reactivex as rx
 from reactivex import Observable, abc
 from reactivex import operators as rx_ops
 from reactivex.disposable import CompositeDisposable
 from reactivex.subject import Subject
 
-from rxagent.errors import AgentError, ProviderError
+from rxagent.aio import from_async_iterable
+from rxagent.errors import AgentError, ApprovalError, OutputValidationError, ProviderError
 from rxagent.events import (
     AgentEvent,
     AgentRun,
+    OutputRetry,
     ReasoningDelta,
     StepCompleted,
     StepRetry,
@@ -25,6 +29,7 @@ from rxagent.events import (
     Structured,
     TextDelta,
     ToolCallEnded,
+    ToolCallPending,
     ToolCallStarted,
     UsageDelta,
 )
@@ -33,6 +38,7 @@ from rxagent.messages import (
     Conversation,
     ConversationInput,
     Message,
+    OpenTurn,
     SystemMessage,
     ToolCall,
     ToolCallStatus,
@@ -40,11 +46,17 @@ from rxagent.messages import (
     Usage,
 )
 from rxagent.ops._fan_out import fan_out_tools
-from rxagent.policies import StepOutcome, StopReason
+from rxagent.output import _NOTHING, OutputInvalid, OutputSpec, grows
+from rxagent.policies import PauseReason, StepOutcome, StopReason
 from rxagent.providers.base import Finish, Provider, ProviderChunk, ProviderRequest, ToolCallReady
-from rxagent.tools import JoinPolicy, Tool, ToolRegistry, output_text
+from rxagent.tools import JoinPolicy, ToolRegistry, ToolsInput, output_text
 
-__all__ = ["StepConfig", "step", "with_instructions"]
+__all__ = ["BeforeHook", "StepConfig", "step", "with_instructions"]
+
+#: Rewrites the messages of each provider request (sync or async); ``None`` keeps them.
+BeforeHook: TypeAlias = Callable[
+    [list[Message]], "Sequence[Message] | Awaitable[Sequence[Message] | None] | None"
+]
 
 
 @dataclass(frozen=True)
@@ -61,12 +73,14 @@ class StepConfig:
     executor: Executor | None = None
     #: When this emits, the step stops and completes with a cancelled outcome.
     cancel: Observable[Any] | None = None
+    output: OutputSpec | None = None
+    before: BeforeHook | None = None
 
 
 def step(
     provider: Provider,
     *,
-    tools: ToolRegistry | Iterable[Tool[..., Any] | Callable[..., Any]] = (),
+    tools: ToolRegistry | ToolsInput = (),
     instructions: str | None = None,
     max_tool_concurrency: int | None = None,
     join: JoinPolicy = JoinPolicy.REPORT_TO_MODEL,
@@ -74,6 +88,8 @@ def step(
     tool_timeout: float | None = None,
     executor: Executor | None = None,
     cancel: Observable[Any] | None = None,
+    output: OutputSpec | None = None,
+    before: BeforeHook | None = None,
     first_step: int = 1,
 ) -> Callable[[Observable[ConversationInput]], Observable[AgentEvent]]:
     """Run one step for each conversation that arrives: a provider turn and its tools.
@@ -92,33 +108,56 @@ def step(
     Conversations arriving while a step runs wait their turn; steps are numbered
     from ``first_step``. ``instructions`` go to the model as the first system
     message (replacing a system message the conversation has) but are not
-    added to the conversation. When ``cancel`` emits, the provider stream and
-    the running tools stop and the step completes with ``outcome.cancelled``.
-    A failure is an ``AgentError`` whose ``partial`` run holds the
-    conversation so far (assistant text streamed, calls marked failed or
-    cancelled), so it still validates.
+    added to the conversation; ``before`` may rewrite each request's messages
+    (trim, inject context) without touching the conversation either.
+
+    Human in the loop: calls that need approval or are deferred emit
+    ``ToolCallPending`` and do not run; the others do, and the outcome's
+    ``pause`` says what waits. A conversation whose last turn has such calls
+    (approved, rejected, or still pending) is resumed first: approved and due
+    calls run, rejections are answered, and only when nothing waits any more
+    does the provider turn follow (``outcome.replaces`` then says which
+    messages the rewritten turn replaces).
+
+    ``output`` makes the final answer structured: partial parses stream as
+    ``Structured(partial=True)``, the validated value as ``Structured`` and in
+    ``outcome.output``; an answer that does not fit is sent back with the errors
+    (``OutputRetry``), up to ``output.retries`` times, then fails the step with
+    ``OutputValidationError``.
+
+    When ``cancel`` emits, the provider stream and the running tools stop and
+    the step completes with ``outcome.cancelled``. A failure is an
+    ``AgentError`` whose ``partial`` run holds the conversation so far
+    (assistant text streamed, calls marked failed or cancelled), so it still
+    validates.
     """
+    if max_tool_concurrency is not None and max_tool_concurrency < 1:
+        raise ValueError(
+            f"max_tool_concurrency must be None or at least 1, got {max_tool_concurrency}"
+        )
+    request_options = dict(options or {})
+    if output is not None:
+        request_options.setdefault("response_format", output.response_format)
     config = StepConfig(
         provider=provider,
         registry=tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools),
         instructions=instructions,
         max_tool_concurrency=max_tool_concurrency,
         join=join,
-        options=dict(options or {}),
+        options=request_options,
         tool_timeout=tool_timeout,
         executor=executor,
         cancel=cancel,
+        output=output,
+        before=before,
     )
-    if max_tool_concurrency is not None and max_tool_concurrency < 1:
-        raise ValueError(
-            f"max_tool_concurrency must be None or at least 1, got {max_tool_concurrency}"
-        )
 
     def operator(source: Observable[ConversationInput]) -> Observable[AgentEvent]:
         def subscribe(
             observer: abc.ObserverBase[AgentEvent], scheduler: abc.SchedulerBase | None = None
         ) -> abc.DisposableBase:
             numbers = itertools.count(first_step)
+            shared = _Shared()
 
             def one(conversation: ConversationInput) -> Observable[AgentEvent]:
                 number = next(numbers)
@@ -126,7 +165,7 @@ def step(
                 def run(
                     obs: abc.ObserverBase[AgentEvent], _: abc.SchedulerBase | None = None
                 ) -> abc.DisposableBase:
-                    return _Step(config, Conversation.of(conversation), number, obs).start()
+                    return _Step(config, Conversation.of(conversation), number, obs, shared).start()
 
                 return Observable(run)
 
@@ -152,6 +191,13 @@ def with_instructions(messages: Iterable[Message], instructions: str | None) -> 
     return out
 
 
+@dataclass
+class _Shared:
+    """State the steps of one subscription share."""
+
+    output_attempts: int = 0
+
+
 class _Step:
     """The state of one running step."""
 
@@ -161,20 +207,29 @@ class _Step:
         conversation: Conversation,
         number: int,
         observer: abc.ObserverBase[AgentEvent],
+        shared: _Shared,
     ) -> None:
         self.config = config
         self.conversation = conversation
         self.number = number
         self.observer = observer
+        self.shared = shared
         self.text: list[str] = []
         self.reasoning: list[str] = []
         self.structured: list[Any] = []
+        self.snapshot: Any = _NOTHING
         self.usage = Usage()
+        #: The paused turn this step resumes, if any.
+        self.resumed: OpenTurn | None = None
+        #: The calls the model made in this step's turn.
         self.calls: list[ToolCall] = []
-        self.call_ids: set[str] = set()
-        self.started: set[str] = set()
+        # Ids must stay unique across the whole conversation.
+        self.call_ids: set[str] = {c.id for c in conversation.tool_calls()}
+        self.started: list[str] = []
         self.ended: dict[str, ToolCallEnded] = {}
+        self.pending: dict[str, ToolCallPending] = {}
         self.finish_reason: str | None = None
+        self.turn_started = False
         self.provider_done = False
         self.tools_done = False
         self.finished = False
@@ -185,9 +240,25 @@ class _Step:
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> abc.DisposableBase:
-        config = self.config
         self.observer.on_next(StepStarted(step=self.number, at=self.started_at))
-        fan = self.calls_subject.pipe(
+        if self.config.cancel is not None:
+            self.disposables.add(self.config.cancel.subscribe(lambda _: self._cancel()))
+        if self.finished:
+            return self.disposables
+        try:
+            turn = self.conversation.open_turn()
+        except ApprovalError as error:
+            self._fail(error)
+            return self.disposables
+        if turn is None:
+            self._turn()
+        else:
+            self._resume(turn)
+        return self.disposables
+
+    def _run_tools(self, calls: Observable[ToolCall], on_done: Callable[[], None]) -> None:
+        config = self.config
+        fan = calls.pipe(
             fan_out_tools(
                 config.registry,
                 max_concurrent=config.max_tool_concurrency,
@@ -197,27 +268,90 @@ class _Step:
                 executor=config.executor,
             )
         )
-        self.disposables.add(fan.subscribe(self._on_tool_event, self._fail, self._on_tools_done))
-        if config.cancel is not None:
-            self.disposables.add(config.cancel.subscribe(lambda _: self._cancel()))
-        if not self.finished:
-            request = ProviderRequest(
-                messages=tuple(with_instructions(self.conversation, config.instructions)),
-                tools=config.registry.specs,
-                options=config.options,
-                step=self.number,
-            )
-            try:
-                stream = config.provider.stream(request)
-            except Exception as error:
-                self._on_provider_error(error)
+        self.disposables.add(fan.subscribe(self._on_tool_event, self._fail, on_done))
+
+    def _resume(self, turn: OpenTurn) -> None:
+        """Run the approved and due calls of a paused turn and answer its rejections."""
+        self.resumed = turn
+        now = time.time()
+        ready: list[ToolCall] = []
+        for call in turn.unanswered:
+            if call.status is not ToolCallStatus.PENDING:
+                ready.append(call)  # approved or rejected by a human
+            elif call.not_before is not None and call.not_before <= now:
+                ready.append(call.with_status(ToolCallStatus.APPROVED))  # its time has come
             else:
-                self.disposables.add(
-                    stream.subscribe(
-                        self._on_chunk, self._on_provider_error, self._on_provider_done
-                    )
+                self.pending[call.id] = ToolCallPending(
+                    step=self.number,
+                    call_id=call.id,
+                    name=call.name,
+                    arguments=_arguments_of(call),
+                    awaiting="approval" if call.not_before is None else "schedule",
+                    reason=call.reason,
+                    not_before=call.not_before,
                 )
-        return self.disposables
+        self._run_tools(rx.from_iterable(ready), self._resumed_tools_done)
+
+    def _resumed_tools_done(self) -> None:
+        if self.finished:
+            return
+        if self.pending:
+            for event in self.pending.values():
+                self.observer.on_next(event)
+            self._finish()
+        else:
+            self._turn()
+
+    def _turn(self) -> None:
+        """The provider turn: stream the answer, run its calls as they come."""
+        self.turn_started = True
+        self._run_tools(self.calls_subject, self._on_tools_done)
+        messages = list(self.conversation)
+        if self.resumed is not None:
+            messages[self.resumed.index :] = self._resumed_messages()
+        messages = with_instructions(messages, self.config.instructions)
+        before = self.config.before
+        if before is None:
+            self._request(messages)
+            return
+        try:
+            rewritten = before(messages)
+        except Exception as error:
+            self._fail(_hook_error(error))
+            return
+        if not inspect.isawaitable(rewritten):
+            self._request(list(rewritten) if rewritten is not None else messages)
+            return
+        pending_hook = rewritten
+
+        async def wait() -> AsyncIterator[Sequence[Message] | None]:
+            yield await pending_hook
+
+        def ready(value: Sequence[Message] | None) -> None:
+            self._request(list(value) if value is not None else messages)
+
+        self.disposables.add(
+            from_async_iterable(wait).subscribe(ready, lambda e: self._fail(_hook_error(e)))
+        )
+
+    def _request(self, messages: list[Message]) -> None:
+        if self.finished:
+            return
+        config = self.config
+        request = ProviderRequest(
+            messages=tuple(messages),
+            tools=config.registry.specs,
+            options=config.options,
+            step=self.number,
+        )
+        try:
+            stream = config.provider.stream(request)
+        except Exception as error:
+            self._on_provider_error(error)
+            return
+        self.disposables.add(
+            stream.subscribe(self._on_chunk, self._on_provider_error, self._on_provider_done)
+        )
 
     def _on_chunk(self, chunk: ProviderChunk) -> None:
         if self.finished:
@@ -225,6 +359,10 @@ class _Step:
         kind = type(chunk)
         if kind is TextDelta:
             self.text.append(chunk.text)  # type: ignore[union-attr]
+            if self.config.output is not None:
+                self.observer.on_next(chunk)  # type: ignore[arg-type]
+                self._stream_snapshot()
+                return
         elif kind is ToolCallReady:
             self._dispatch(chunk)  # type: ignore[arg-type]
             return
@@ -246,7 +384,17 @@ class _Step:
             self.text.clear()
             self.reasoning.clear()
             self.structured.clear()
+            self.snapshot = _NOTHING
         self.observer.on_next(chunk)  # type: ignore[arg-type]
+
+    def _stream_snapshot(self) -> None:
+        """Emit the best parse of the structured answer so far, when it grew."""
+        assert self.config.output is not None
+        snapshot = self.config.output.parse_partial("".join(self.text))
+        if snapshot is _NOTHING or snapshot == self.snapshot or not grows(self.snapshot, snapshot):
+            return
+        self.snapshot = snapshot
+        self.observer.on_next(Structured(step=self.number, value=snapshot, partial=True))
 
     def _dispatch(self, ready: ToolCallReady) -> None:
         call_id = ready.call_id
@@ -258,7 +406,7 @@ class _Step:
                 call_id += "_"
         self.call_ids.add(call_id)
         call = ToolCall(
-            id=call_id, name=ready.name, arguments=ready.arguments, status=ToolCallStatus.RUNNING
+            id=call_id, name=ready.name, arguments=ready.arguments, status=ToolCallStatus.PENDING
         )
         self.calls.append(call)
         self.calls_subject.on_next(call)
@@ -282,7 +430,9 @@ class _Step:
         if isinstance(event, ToolCallEnded):
             self.ended[event.call_id] = event
         elif isinstance(event, ToolCallStarted):
-            self.started.add(event.call_id)
+            self.started.append(event.call_id)
+        elif isinstance(event, ToolCallPending):
+            self.pending[event.call_id] = event
         self.observer.on_next(event)
 
     def _on_tools_done(self) -> None:
@@ -290,13 +440,64 @@ class _Step:
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
-        if self.finished or not (self.provider_done and self.tools_done):
+        if not (self.provider_done and self.tools_done):
+            return
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.finished:
             return
         self.finished = True
         self.disposables.dispose()
         outcome = self._outcome(cancelled=False)
+        final_answer = self.turn_started and not self.calls and not self.pending
+        if self.config.output is not None and final_answer:
+            try:
+                outcome = self._checked_output(outcome)
+            except OutputValidationError as error:
+                self._report(error, outcome)
+                return
         self.observer.on_next(StepCompleted(step=self.number, outcome=outcome, at=outcome.ended_at))
         self.observer.on_completed()
+
+    def _checked_output(self, outcome: StepOutcome) -> StepOutcome:
+        """The outcome with the validated answer folded in, or asking the model again."""
+        spec = self.config.output
+        assert spec is not None
+        text = "".join(self.text)
+        try:
+            if self.structured:
+                value, data = spec.validate_data(self.structured[-1])
+            else:
+                value, data = spec.validate_text(text)
+        except OutputInvalid as invalid:
+            self.shared.output_attempts += 1
+            if self.shared.output_attempts > spec.retries:
+                raise OutputValidationError(
+                    f"the answer does not fit {spec.name} after {spec.retries} "
+                    f"retr{'y' if spec.retries == 1 else 'ies'}: {invalid.errors}",
+                    errors=invalid.errors,
+                    text=text,
+                ) from None
+            self.observer.on_next(
+                OutputRetry(
+                    step=self.number, attempt=self.shared.output_attempts, errors=invalid.errors
+                )
+            )
+            return outcome.model_copy(
+                update={
+                    "messages": (*outcome.messages, spec.feedback(invalid.errors)),
+                    "output_retry": True,
+                }
+            )
+        self.observer.on_next(Structured(step=self.number, value=data))
+        messages = list(outcome.messages)
+        for i in range(len(messages) - 1, -1, -1):
+            message = messages[i]
+            if isinstance(message, AssistantMessage):
+                messages[i] = message.model_copy(update={"structured": (data,)})
+                break
+        return outcome.model_copy(update={"messages": tuple(messages), "output": value})
 
     def _cancel(self) -> None:
         if self.finished:
@@ -312,10 +513,14 @@ class _Step:
             return
         self.finished = True
         self.disposables.dispose()
+        self._report(error, self._outcome(cancelled=True))
+
+    def _report(self, error: Exception, outcome: StepOutcome) -> None:
         if isinstance(error, AgentError):
-            outcome = self._outcome(cancelled=True)
+            conversation = self.conversation.copy()
+            outcome.apply(conversation)
             error.partial = AgentRun(
-                messages=self.conversation + outcome.messages,
+                messages=conversation,
                 steps=self.number,
                 stop=StopReason.ERROR,
                 usage=self.usage,
@@ -326,54 +531,124 @@ class _Step:
     # -- the outcome ------------------------------------------------------------------
     def _outcome(self, *, cancelled: bool) -> StepOutcome:
         """What the step did; with ``cancelled``, calls that did not end are cancelled."""
-        calls = tuple(self._final_call(c) for c in self.calls)
-        text = "".join(self.text)
         messages: list[Message] = []
-        if calls or text or self.reasoning or self.structured or not cancelled:
-            messages.append(
-                AssistantMessage(
-                    content=text or (None if calls else ""),
-                    tool_calls=calls,
-                    reasoning="".join(self.reasoning) or None,
-                    structured=tuple(self.structured),
+        replaces = 0
+        if self.resumed is not None:
+            messages.extend(self._resumed_messages())
+            replaces = len(self.conversation) - self.resumed.index
+        calls = tuple(self._final_call(c) for c in self.calls)
+        if self.turn_started:
+            text = "".join(self.text)
+            if calls or text or self.reasoning or self.structured or not cancelled:
+                messages.append(
+                    AssistantMessage(
+                        content=text or (None if calls else ""),
+                        tool_calls=calls,
+                        reasoning="".join(self.reasoning) or None,
+                        structured=tuple(self.structured),
+                    )
                 )
-            )
+            messages.extend(self._answers(calls))
+        now = time.time()
+        names = {c.id: c.name for c in self.calls}
+        if self.resumed is not None:
+            names.update({c.id: c.name for c in self.resumed.assistant.tool_calls})
+        return StepOutcome(
+            step=self.number,
+            messages=tuple(messages),
+            replaces=replaces,
+            usage=self.usage,
+            tool_calls=calls,
+            invoked_tools=tuple(names[i] for i in self.started),
+            finish_reason=self.finish_reason,
+            cancelled=cancelled,
+            pause=self._pause_reason(),
+            started_at=self.started_at,
+            streamed_at=self.streamed_at or now,
+            ended_at=now,
+        )
+
+    def _resumed_messages(self) -> list[Message]:
+        """The resumed turn with its calls' new status, and its answers in call order."""
+        turn = self.resumed
+        assert turn is not None
+        calls = tuple(
+            c if c.id in turn.answers else self._final_call(c) for c in turn.assistant.tool_calls
+        )
+        out: list[Message] = [turn.assistant.model_copy(update={"tool_calls": calls})]
+        for call in calls:
+            answer = turn.answers.get(call.id)
+            if answer is not None:
+                out.append(answer)
+            else:
+                out.extend(self._answers((call,)))
+        return out
+
+    def _answers(self, calls: Iterable[ToolCall]) -> list[ToolMessage]:
+        """The tool messages for ``calls`` (none for a call that still waits)."""
+        out: list[ToolMessage] = []
         for c in calls:
             end = self.ended.get(c.id)
+            if c.id in self.pending:
+                continue
             if end is None:
-                messages.append(
+                out.append(
                     ToolMessage(
                         tool_call_id=c.id,
                         content="Cancelled: the call was stopped before it finished.",
                         is_error=True,
                     )
                 )
+            elif end.status is ToolCallStatus.REJECTED:
+                out.append(ToolMessage(tool_call_id=c.id, content=end.error or "", is_error=True))
             elif end.error is not None:
-                messages.append(
+                out.append(
                     ToolMessage(tool_call_id=c.id, content=f"Error: {end.error}", is_error=True)
                 )
             else:
-                messages.append(ToolMessage(tool_call_id=c.id, content=output_text(end.output)))
-        now = time.time()
-        return StepOutcome(
-            step=self.number,
-            messages=tuple(messages),
-            usage=self.usage,
-            tool_calls=calls,
-            invoked_tools=tuple(c.name for c in calls if c.id in self.started),
-            finish_reason=self.finish_reason,
-            cancelled=cancelled and not (self.provider_done and self.tools_done),
-            started_at=self.started_at,
-            streamed_at=self.streamed_at or now,
-            ended_at=now,
-        )
+                out.append(ToolMessage(tool_call_id=c.id, content=output_text(end.output)))
+        return out
 
     def _final_call(self, call: ToolCall) -> ToolCall:
+        pending = self.pending.get(call.id)
+        if pending is not None:
+            return call.model_copy(
+                update={
+                    "status": ToolCallStatus.PENDING,
+                    "reason": pending.reason,
+                    "not_before": pending.not_before,
+                }
+            )
         end = self.ended.get(call.id)
         if end is None:
-            status = ToolCallStatus.CANCELLED
-        elif end.error is None:
-            status = ToolCallStatus.COMPLETED
-        else:
-            status = ToolCallStatus.FAILED
-        return call.with_status(status)
+            return call.with_status(ToolCallStatus.CANCELLED)
+        if end.status is ToolCallStatus.REJECTED:
+            reason = end.error.removeprefix("Rejected: ") if end.error else None
+            return call.model_copy(update={"status": end.status, "reason": reason})
+        return call.with_status(end.status)
+
+    def _pause_reason(self) -> PauseReason | None:
+        if not self.pending:
+            return None
+        awaiting = tuple(i for i, p in self.pending.items() if p.awaiting == "approval")
+        scheduled = {
+            i: p.not_before or 0.0 for i, p in self.pending.items() if p.awaiting == "schedule"
+        }
+        kind: Literal["awaiting_approval", "scheduled", "mixed"] = (
+            "mixed" if awaiting and scheduled else "scheduled" if scheduled else "awaiting_approval"
+        )
+        return PauseReason(kind=kind, awaiting_approval=awaiting, scheduled=scheduled)
+
+
+def _arguments_of(call: ToolCall) -> dict[str, Any]:
+    try:
+        parsed = call.parsed_arguments()
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _hook_error(error: Exception) -> AgentError:
+    wrapped = AgentError(f"the before hook raised {type(error).__name__}: {error}")
+    wrapped.__cause__ = error
+    return wrapped

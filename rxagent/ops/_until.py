@@ -11,7 +11,7 @@ from reactivex.disposable import SingleAssignmentDisposable
 from reactivex.subject import Subject
 
 from rxagent.errors import AgentError
-from rxagent.events import AgentEvent, AgentRun, RunCompleted, StepCompleted
+from rxagent.events import AgentEvent, AgentRun, Paused, RunCompleted, StepCompleted
 from rxagent.messages import Conversation, ConversationInput
 from rxagent.policies import LoopState, Policy, StopReason
 
@@ -33,7 +33,9 @@ def until(
         source:  -S1-...-C1-S2-...-C2-S3-...
         result:  -S1-...-C1-S2-...-C2-R|        (policy stops after step 2)
 
-    A cancelled step stops the run with ``stop="cancelled"``. ``history`` is the
+    A cancelled step stops the run with ``stop="cancelled"``; a step whose calls
+    wait for a human or a schedule stops it with ``Paused(reason)`` and
+    ``stop="paused"`` (the waiting calls are ``run.pending``). ``history`` is the
     conversation the steps started from: the run's messages are ``history``
     followed by every step's messages. An error from the source is passed on,
     its ``partial`` run completed with the whole conversation and totals.
@@ -64,10 +66,15 @@ def _until(
                     observer.on_next(event)
                     return
                 outcome = event.outcome
-                conversation.extend(outcome.messages)
+                outcome.apply(conversation)
                 state = state.after(outcome, time.monotonic() - started)
                 try:
-                    stop = StopReason.CANCELLED if outcome.cancelled else policy(state, outcome)
+                    if outcome.cancelled:
+                        stop: StopReason | None = StopReason.CANCELLED
+                    elif outcome.pause is not None:
+                        stop = StopReason.PAUSED
+                    else:
+                        stop = policy(state, outcome)
                 except Exception as error:
                     done = True
                     subscription.dispose()
@@ -85,8 +92,12 @@ def _until(
                     steps=state.steps,
                     stop=stop,
                     usage=state.usage,
+                    output=outcome.output,
+                    pending=tuple(conversation.pending) if stop is StopReason.PAUSED else (),
                     tool_calls=state.tool_calls,
                 )
+                if stop is StopReason.PAUSED and outcome.pause is not None:
+                    observer.on_next(Paused(step=outcome.step, reason=outcome.pause))
                 observer.on_next(RunCompleted(step=outcome.step, run=run))
                 observer.on_completed()
 
