@@ -1,6 +1,6 @@
 """rxagent: streaming LLM agents as RxPY (reactivex) operator pipelines."""
 
-from rxagent import approval, events, ops, policies
+from rxagent import approval, events, live, ops, policies, viz
 from rxagent.agent import DEFAULT_POLICY, Agent, Run, collect_final
 from rxagent.aio import from_async_iterable, to_async_iterable
 from rxagent.errors import (
@@ -16,6 +16,7 @@ from rxagent.errors import (
     UnknownToolError,
 )
 from rxagent.events import AgentEvent, AgentRun
+from rxagent.live import display
 from rxagent.messages import (
     AssistantMessage,
     Conversation,
@@ -79,12 +80,15 @@ __all__ = [
     "ViolationCode",
     "approval",
     "collect_final",
+    "display",
     "events",
     "from_async_iterable",
+    "live",
     "ops",
     "policies",
     "scripted",
     "to_async_iterable",
     "tool",
     "validate_conversation",
+    "viz",
 ]
