@@ -1,5 +1,7 @@
 """rxagent: streaming LLM agents as RxPY (reactivex) operator pipelines."""
 
+from typing import TYPE_CHECKING
+
 from rxagent import approval, events, live, ops, policies, viz
 from rxagent.agent import DEFAULT_POLICY, Agent, Run, collect_final
 from rxagent.aio import from_async_iterable, to_async_iterable
@@ -38,7 +40,20 @@ from rxagent.validation import (
     validate_conversation,
 )
 
+if TYPE_CHECKING:
+    from rxagent.providers.openai import OpenAIProvider, RetryPolicy
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # The openai SDK takes half a second to import: load it when first asked for.
+    if name in ("OpenAIProvider", "RetryPolicy"):
+        from rxagent.providers import openai
+
+        return getattr(openai, name)
+    raise AttributeError(f"module 'rxagent' has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -52,11 +67,13 @@ __all__ = [
     "JoinPolicy",
     "LoopState",
     "Message",
+    "OpenAIProvider",
     "OutputValidationError",
     "Policy",
     "Provider",
     "ProviderError",
     "ProviderRequest",
+    "RetryPolicy",
     "Run",
     "ScriptedProvider",
     "StepOutcome",

@@ -14,7 +14,8 @@ usage, reasoning, structured values, pauses and failures::
 A turn may also be a function of the request (for answers that depend on the
 conversation), and the whole script may be one such function. The provider
 records every request it receives in ``requests``, so a test can assert what the
-model was sent.
+model was sent. The same items script :class:`rxagent.testing.LoopbackServer`,
+so one script can be played offline here or over HTTP through the real SDK.
 """
 
 from __future__ import annotations
@@ -97,7 +98,11 @@ class Fail:
 
 @dataclass(frozen=True)
 class Reasoning:
+    """A piece of reasoning text; ``field`` is the delta field the loopback server sends
+    it in (``reasoning_content``, or ``reasoning`` as some servers name it)."""
+
     text: str
+    field: str = "reasoning_content"
 
 
 @dataclass(frozen=True)
@@ -148,8 +153,8 @@ def fail(error: Exception | str) -> Fail:
     return Fail(error if isinstance(error, Exception) else ProviderError(error))
 
 
-def reasoning(text: str) -> Reasoning:
-    return Reasoning(text)
+def reasoning(text: str, *, field: str = "reasoning_content") -> Reasoning:
+    return Reasoning(text, field)
 
 
 def structured(value: Any, *, partial: bool = False) -> StructuredValue:

@@ -1,0 +1,51 @@
+"""pytest fixtures for testing agents against the loopback server.
+
+* ``loopback_server``: a running :class:`~rxagent.testing.LoopbackServer` with an
+  empty script (``push`` the turns the test needs), stopped after the test.
+* ``loopback_provider``: an ``OpenAIProvider`` pointed at that server, with fast
+  retries (``server.provider()``).
+
+::
+
+    from rxagent import testing as t
+
+    async def test_my_agent(loopback_server, loopback_provider):
+        loopback_server.push(["Hello"])
+        result = await ra.collect_final(ra.Agent(loopback_provider).run("hi"))
+        assert result.text == "Hello"
+
+The plugin is registered through the ``pytest11`` entry point when rxagent is
+installed; without it, add ``pytest_plugins = ["rxagent.testing.pytest_plugin"]``
+to your top-level ``conftest.py``. Nothing heavy is imported until a fixture is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from rxagent.providers.openai import OpenAIProvider
+    from rxagent.testing import LoopbackServer
+
+__all__ = ["loopback_provider", "loopback_server"]
+
+
+@pytest.fixture
+def loopback_server() -> Iterator[LoopbackServer]:
+    """A running loopback server with an empty script, stopped after the test."""
+    from rxagent.testing import LoopbackServer
+
+    server = LoopbackServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def loopback_provider(loopback_server: LoopbackServer) -> OpenAIProvider:
+    """An ``OpenAIProvider`` for ``loopback_server``, with fast retries."""
+    return loopback_server.provider()
