@@ -131,7 +131,7 @@ async def test_a_strategy_can_refuse_outright_and_that_is_not_a_failure() -> Non
 
 
 async def test_deferral_waits_for_its_time() -> None:
-    bank = Bank(lambda request: approval.defer(timedelta(seconds=0.3), "after the cut-off"))
+    bank = Bank(lambda request: approval.defer(timedelta(seconds=1), "after the cut-off"))
     provider = ra.ScriptedProvider([[s.call("transfer", {"amount": 7}, id="c1")], ["Done."]])
     agent = ra.Agent(provider, tools=[bank.tool])
     first = agent.run("move 7 later")
