@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
 from concurrent.futures import Executor
 from typing import Any
 
 import reactivex as rx
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable
-from reactivex.subject import Subject
 
 from rxagent import ops
 from rxagent.aio import (
@@ -189,25 +190,63 @@ class _Subscriber:
         self.active = True
 
 
+class _Latch(Observable[None]):
+    """Fires once; an observer that subscribes after that hears it at once.
+
+    A run's cancellation must not be lost when it happens between two steps (the
+    next step subscribes after it), so it is a latch, not a plain Subject.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fired = False
+        self._observers: list[abc.ObserverBase[None]] = []
+
+    def fire(self) -> None:
+        if self.fired:
+            return
+        self.fired = True
+        for observer in tuple(self._observers):
+            observer.on_next(None)
+
+    def _subscribe_core(
+        self, observer: abc.ObserverBase[None], scheduler: abc.SchedulerBase | None = None
+    ) -> abc.DisposableBase:
+        if self.fired:
+            observer.on_next(None)
+            return Disposable()
+        self._observers.append(observer)
+
+        def dispose() -> None:
+            if observer in self._observers:
+                self._observers.remove(observer)
+
+        return Disposable(dispose)
+
+
 class Run(Observable[AgentEvent]):
     """One agent run: an Observable of its events, shared by every observer.
 
     The run starts when first subscribed and makes one provider call per step
     however many observers subscribe. A subscriber that comes late gets every
-    event so far, then the live ones; after the end, the whole run is replayed.
-    Observers are called on the event loop the run lives on (the one running
-    where it was first subscribed, else rxagent's background loop). An
+    event so far, then the live ones; after the end, the whole run is replayed
+    (at once, on the subscriber's own thread). Observers are called on the
+    event loop the run lives on (the one running where it was first subscribed,
+    else rxagent's background loop), one event at a time and in the same order
+    for all, even when an observer cancels the run from inside ``on_next``. An
     observer whose ``on_next`` raises is unsubscribed (and the error logged);
     the others keep receiving.
 
     ``cancel()``, or disposing the last subscription, stops the provider stream
     and the running tools; the run then ends with ``RunCompleted`` whose
-    ``stop`` is ``cancelled`` and whose conversation still validates.
+    ``stop`` is ``cancelled`` and whose conversation still validates. A
+    cancellation between two steps stops the run before the next provider call.
 
     ``await ra.collect_final(run)`` gives the :class:`~rxagent.events.AgentRun`
     (a plain ``await run`` gives the last event, as for any Observable);
     ``async for event in run`` iterates the events; ``run.result()`` blocks
-    for the AgentRun outside the event loop.
+    for the AgentRun outside the event loop. All of these work from any thread
+    and any event loop.
     """
 
     def __init__(
@@ -216,7 +255,7 @@ class Run(Observable[AgentEvent]):
         super().__init__()
         self._build = build
         self._input = input
-        self._cancel_signal: Subject[None] = Subject()
+        self._cancel_signal = _Latch()
         self._bind_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: list[AgentEvent] = []
@@ -224,6 +263,10 @@ class Run(Observable[AgentEvent]):
         self._state = "idle"  # idle -> running -> done
         self._error: Exception | None = None
         self._connection: abc.DisposableBase | None = None
+        # Notifications raised while observers are being called wait here, so that
+        # every observer sees every event, in one order, one at a time.
+        self._busy = False
+        self._backlog: deque[Callable[[], None]] = deque()
 
     # -- what a caller can read ------------------------------------------------------
     @property
@@ -248,8 +291,13 @@ class Run(Observable[AgentEvent]):
     def _subscribe_core(
         self, observer: abc.ObserverBase[AgentEvent], scheduler: abc.SchedulerBase | None = None
     ) -> abc.DisposableBase:
-        loop = self._bind()
         subscriber = _Subscriber(observer)
+        if self._state == "done":
+            # A finished run never changes: replay it here, whatever became of its loop.
+            self._attach(subscriber)
+            return Disposable()
+        loop = self._bind()
+        _check_alive(loop)
         call_on(loop, lambda: self._attach(subscriber))
         return Disposable(lambda: call_on(loop, lambda: self._detach(subscriber)))
 
@@ -303,6 +351,9 @@ class Run(Observable[AgentEvent]):
         return True
 
     def _emit(self, event: AgentEvent) -> None:
+        self._serially(functools.partial(self._emit_now, event))
+
+    def _emit_now(self, event: AgentEvent) -> None:
         self._events.append(event)
         for subscriber in tuple(self._subscribers):
             if subscriber.active:
@@ -317,7 +368,23 @@ class Run(Observable[AgentEvent]):
         except Exception:
             log.exception("an observer of a run raised at the end of the run")
 
+    def _serially(self, action: Callable[[], None]) -> None:
+        """Run ``action`` now, or after the notification being delivered, if one is."""
+        if self._busy:
+            self._backlog.append(action)
+            return
+        self._busy = True
+        try:
+            action()
+            while self._backlog:
+                self._backlog.popleft()()
+        finally:
+            self._busy = False
+
     def _finish(self) -> None:
+        self._serially(self._finish_now)
+
+    def _finish_now(self) -> None:
         self._state = "done"
         subscribers, self._subscribers = self._subscribers, []
         for subscriber in subscribers:
@@ -335,30 +402,68 @@ class Run(Observable[AgentEvent]):
     # -- cancellation ----------------------------------------------------------------
     def cancel(self) -> None:
         """Stop the run: it ends with ``RunCompleted(stop="cancelled")``. Safe from any thread."""
-        loop = self._bind()
-        call_on(loop, self._cancel_now)
+        with self._bind_lock:
+            if self._loop is None:
+                # Never subscribed: it ends here, before it began.
+                if self._state == "idle":
+                    run = AgentRun(messages=self._input.copy(), stop=StopReason.CANCELLED)
+                    self._events.append(RunCompleted(step=1, run=run))
+                    self._state = "done"
+                return
+            loop = self._loop
+        if self._state != "done":
+            call_on(loop, self._cancel_now)
 
     def _cancel_now(self) -> None:
         if self._state == "running":
-            self._cancel_signal.on_next(None)
-        elif self._state == "idle":
-            run = AgentRun(messages=self._input.copy(), stop=StopReason.CANCELLED)
-            self._events.append(RunCompleted(step=0, run=run))
-            self._finish()
+            self._cancel_signal.fire()
 
     # -- asyncio ---------------------------------------------------------------------
     def __aiter__(self) -> AsyncIterator[AgentEvent]:
         return to_async_iterable(self)
 
+    def __await__(self) -> Generator[Any, None, AgentEvent]:
+        """The last event (``RunCompleted``, for a run that did not fail), from any loop."""
+        return self._last_event().__await__()
+
+    async def _last_event(self) -> AgentEvent:
+        last: AgentEvent | None = None
+        async for event in to_async_iterable(self):
+            last = event
+        if last is None:
+            raise AgentError("the run ended without any event")
+        return last
+
     def result(self, timeout: float | None = None) -> AgentRun:
         """Block until the run ends and return it; not from the run's own event loop."""
+        if self._state == "done":
+            return _final_of(self._events, self._error)
         loop = self._bind()
         if running_loop() is loop:
             raise RuntimeError(
-                "result() would block the event loop the run lives on; use `await run`"
+                "result() would block the event loop the run lives on; use "
+                "`await ra.collect_final(run)`"
             )
+        _check_alive(loop)
         future = asyncio.run_coroutine_threadsafe(collect_final(self), loop)
         return future.result(timeout)
+
+
+def _check_alive(loop: asyncio.AbstractEventLoop) -> None:
+    if loop.is_closed() or not loop.is_running():
+        raise RuntimeError(
+            "the event loop this run was started on is no longer running, and the run did "
+            "not finish there; start a new run"
+        )
+
+
+def _final_of(events: list[AgentEvent], error: Exception | None) -> AgentRun:
+    if error is not None:
+        raise error
+    for event in reversed(events):
+        if type(event) is RunCompleted:
+            return event.run
+    raise AgentError("the stream ended without a RunCompleted event")
 
 
 async def collect_final(source: Observable[AgentEvent]) -> AgentRun:

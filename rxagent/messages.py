@@ -252,7 +252,7 @@ class Conversation(RootModel[list[Message]]):
         tool's schema when the run resumes (``agent.run`` raises at once if they do
         not fit). The model's own arguments are kept in ``original_arguments``.
         """
-        index, call = self._pending_call(call_id, "approve")
+        index, position, call = self._pending_call(call_id, "approve")
         update: dict[str, Any] = {"status": ToolCallStatus.APPROVED}
         if arguments is not None:
             text = arguments if isinstance(arguments, str) else json.dumps(dict(arguments))
@@ -266,13 +266,15 @@ class Conversation(RootModel[list[Message]]):
                 raise ApprovalError(f"the edited arguments for call {call_id!r} must be an object")
             update["arguments"] = text
             update["original_arguments"] = call.original_arguments or call.arguments
-        self._replace_call(index, call.model_copy(update=update))
+        self._replace_call(index, position, call.model_copy(update=update))
 
     def reject(self, call_id: str, reason: str = "The user declined this call.") -> None:
         """Reject a pending call: it never runs, and the model reads ``reason`` on resume."""
-        index, call = self._pending_call(call_id, "reject")
+        index, position, call = self._pending_call(call_id, "reject")
         self._replace_call(
-            index, call.model_copy(update={"status": ToolCallStatus.REJECTED, "reason": reason})
+            index,
+            position,
+            call.model_copy(update={"status": ToolCallStatus.REJECTED, "reason": reason}),
         )
 
     def open_turn(self) -> OpenTurn | None:
@@ -315,28 +317,37 @@ class Conversation(RootModel[list[Message]]):
                 )
         return OpenTurn(index, message, answers, unanswered)
 
-    def _pending_call(self, call_id: str, verb: str) -> tuple[int, ToolCall]:
-        for index, message in enumerate(self.root):
-            if isinstance(message, AssistantMessage):
-                for call in message.tool_calls:
-                    if call.id == call_id:
-                        if call.status is not ToolCallStatus.PENDING:
-                            raise ApprovalError(
-                                f"cannot {verb} call {call_id!r}: it is {call.status.value}, "
-                                "not pending"
-                            )
-                        return index, call
+    def _pending_call(self, call_id: str, verb: str) -> tuple[int, int, ToolCall]:
+        """The message index, the position in it, and the call: a pending call of the
+        open turn (the only turn a resume acts on)."""
+        turn = self.open_turn()
+        if turn is not None:
+            for position, call in enumerate(turn.assistant.tool_calls):
+                if call.id == call_id and call_id not in turn.answers:
+                    if call.status is not ToolCallStatus.PENDING:
+                        raise ApprovalError(
+                            f"cannot {verb} call {call_id!r}: it is {call.status.value}, "
+                            "not pending"
+                        )
+                    return turn.index, position, call
+        found = self.find_tool_call(call_id)
         waiting = ", ".join(c.id for c in self.pending) or "none"
+        if found is not None:
+            raise ApprovalError(
+                f"cannot {verb} call {call_id!r}: it is {found.status.value} and not waiting "
+                f"in the last turn (calls waiting for a decision: {waiting})"
+            )
         raise ApprovalError(
             f"cannot {verb} call {call_id!r}: the model made no such call "
             f"(calls waiting for a decision: {waiting})"
         )
 
-    def _replace_call(self, index: int, call: ToolCall) -> None:
+    def _replace_call(self, index: int, position: int, call: ToolCall) -> None:
         message = self.root[index]
         assert isinstance(message, AssistantMessage)
-        calls = tuple(call if c.id == call.id else c for c in message.tool_calls)
-        self.root[index] = message.model_copy(update={"tool_calls": calls})
+        calls = list(message.tool_calls)
+        calls[position] = call
+        self.root[index] = message.model_copy(update={"tool_calls": tuple(calls)})
 
     # -- queries ----------------------------------------------------------------
     def tool_calls(self) -> list[ToolCall]:

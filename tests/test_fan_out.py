@@ -287,3 +287,29 @@ async def check_fan_out(
     # JSON round-trips.
     assert ra.Conversation.from_json(conversation.to_json()) == conversation
     assert json.loads(conversation.to_json())  # and is plain JSON
+
+
+async def test_empty_or_reused_provider_call_ids_are_renamed_everywhere() -> None:
+    provider = ra.ScriptedProvider(
+        [
+            [s.call("add", {"a": 1}, id="x"), s.call("add", {"a": 2}, id="dup")],
+            [s.call("add", {"a": 3}, id="x"), s.call("add", {"a": 4}, id="x")],
+            ["done"],
+        ]
+    )
+    run = ra.Agent(provider, tools=[add]).run("go")
+    result = await ra.collect_final(run)
+
+    per_call: dict[str, set[str]] = {}
+    for e in run.events:
+        if isinstance(e, ToolArgsDelta | ToolCallStarted | ToolCallEnded):
+            per_call.setdefault(e.call_id, set()).add(e.type)
+    # Every call id the events use names one call from its first fragment to its end.
+    assert all(
+        kinds == {"tool_args_delta", "tool_call_started", "tool_call_ended"}
+        for kinds in per_call.values()
+    )
+    ids = [c.id for c in result.messages.tool_calls()]
+    assert len(ids) == len(set(ids)) == 4 and ids[:2] == ["x", "dup"]
+    assert [e.output for e in run.events if isinstance(e, ToolCallEnded)] == [1, 2, 3, 4]
+    assert ra.validate_conversation(result.messages) == []

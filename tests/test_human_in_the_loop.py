@@ -270,7 +270,7 @@ async def test_misuse_is_a_clear_error() -> None:
 
     with pytest.raises(ra.ApprovalError, match=r"the model made no such call.*waiting.*big"):
         messages.approve("invented")
-    with pytest.raises(ra.ApprovalError, match="is completed, not pending"):
+    with pytest.raises(ra.ApprovalError, match="is completed and not waiting"):
         messages.approve("call_1_2")  # the small transfer already ran
     messages.approve("big")
     with pytest.raises(ra.ApprovalError, match="is approved, not pending"):
@@ -433,3 +433,53 @@ async def test_cancelling_a_resumed_run_keeps_the_conversation_valid() -> None:
     assert result.stop is ra.StopReason.CANCELLED
     assert result.messages.find_tool_call("c1").status is ra.ToolCallStatus.CANCELLED
     assert ra.validate_conversation(result.messages) == []
+
+
+async def test_a_cancelled_run_leaves_no_call_waiting() -> None:
+    started = asyncio.Event()
+
+    @ra.tool(approval=approval.require_approval())
+    def guarded() -> str:
+        """Needs a human."""
+        return "never"
+
+    @ra.tool
+    async def slow() -> str:
+        """Runs at once, slowly."""
+        started.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    provider = ra.ScriptedProvider([[s.call("guarded", id="g"), s.call("slow", id="s")], ["ok"]])
+    agent = ra.Agent(provider, tools=[guarded, slow])
+    run = agent.run("go")
+    final = asyncio.ensure_future(ra.collect_final(run))
+    await asyncio.wait_for(started.wait(), 5)
+    run.cancel()
+    result = await final
+    assert result.stop is ra.StopReason.CANCELLED and result.pending == ()
+    statuses = {c.id: c.status for c in result.messages.tool_calls()}
+    assert statuses == {"g": ra.ToolCallStatus.CANCELLED, "s": ra.ToolCallStatus.CANCELLED}
+    strict = ra.ValidationPolicy(allow_pending_tool_calls=False)
+    assert ra.validate_conversation(result.messages, strict) == []
+    # The conversation goes on as usual.
+    again = await ra.collect_final(agent.run([*result.messages, ra.UserMessage(content="and?")]))
+    assert again.text == "ok"
+
+
+def test_only_the_waiting_calls_of_the_last_turn_can_be_decided() -> None:
+    waiting = ra.ToolCall(id="old", name="t", status=ra.ToolCallStatus.PENDING)
+    conversation = ra.Conversation.of(
+        [
+            ra.UserMessage(content="q"),
+            ra.AssistantMessage(tool_calls=(waiting,)),
+            ra.ToolMessage(tool_call_id="old", content="answered by hand"),
+            ra.AssistantMessage(
+                tool_calls=(ra.ToolCall(id="new", name="t", status=ra.ToolCallStatus.PENDING),)
+            ),
+        ]
+    )
+    with pytest.raises(ra.ApprovalError, match=r"'old'.*not waiting in the last turn.*new"):
+        conversation.approve("old")
+    conversation.approve("new")
+    assert conversation.find_tool_call("new").status is ra.ToolCallStatus.APPROVED

@@ -110,3 +110,18 @@ async def test_one_policy_serves_many_concurrent_runs() -> None:
     agents = [ra.Agent(pinging(1), tools=[ping], policy=shared) for _ in range(5)]
     results = await asyncio.gather(*(ra.collect_final(a.run("go")) for a in agents))
     assert [r.steps for r in results] == [2] * 5
+
+
+async def test_a_policy_that_raises_fails_the_run_and_keeps_the_step() -> None:
+    @p.policy
+    def broken(st: LoopState, out: StepOutcome) -> StopReason | None:
+        raise KeyError("no such budget")
+
+    run = ra.Agent(pinging(1), tools=[ping], policy=broken).run("go")
+    with pytest.raises(ra.AgentError, match="raised KeyError") as raised:
+        await ra.collect_final(run)
+    assert isinstance(raised.value.__cause__, KeyError)
+    assert run.events[-1].type == "step_completed"  # the step is not lost
+    partial = raised.value.partial
+    assert partial is not None and partial.steps == 1 and partial.tool_calls == 1
+    assert ra.validate_conversation(partial.messages) == []

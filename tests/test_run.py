@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -20,7 +21,7 @@ from rxagent.events import (
     ToolCallEnded,
     ToolCallStarted,
 )
-from rxagent.providers.base import ProviderChunk, ProviderRequest
+from rxagent.providers.base import ProviderChunk, ProviderRequest, ToolCallReady
 from tests.helpers import collect
 
 
@@ -375,3 +376,159 @@ async def test_materialize_turns_a_failure_into_data() -> None:
     assert isinstance(failed, ra.events.RunFailed)
     assert failed.error_type == "ProviderError" and "boom" in failed.message
     assert failed.partial is not None and failed.partial.text == "half "
+
+
+# -- cancellation at step boundaries, re-entrancy, threads and loops ---------------------
+
+
+def looping_agent() -> tuple[ra.Agent, ra.ScriptedProvider, list[int]]:
+    ran: list[int] = []
+
+    @ra.tool
+    def tick(i: int) -> int:
+        """Tick."""
+        ran.append(i)
+        return i
+
+    provider = ra.ScriptedProvider(lambda request: [s.call("tick", {"i": request.step})])
+    return ra.Agent(provider, tools=[tick], policy=ra.policies.max_steps(5)), provider, ran
+
+
+async def test_a_cancel_from_a_step_completed_handler_stops_before_the_next_step() -> None:
+    agent, provider, ran = looping_agent()
+    run = agent.run("go")
+    run.subscribe(lambda e: isinstance(e, StepCompleted) and e.step == 1 and run.cancel())
+    result = await ra.collect_final(run)
+    assert result.stop is ra.StopReason.CANCELLED
+    assert provider.calls == 1 and ran == [1]
+    assert ra.validate_conversation(result.messages) == []
+
+
+async def test_a_cancel_while_step_started_is_delivered_makes_no_provider_call() -> None:
+    agent, provider, ran = looping_agent()
+    run = agent.run("go")
+    run.subscribe(lambda e: e.type == "step_started" and run.cancel())
+    result = await ra.collect_final(run)
+    assert result.stop is ra.StopReason.CANCELLED and provider.calls == 0 and ran == []
+    assert result.messages == [ra.UserMessage(content="go")]
+
+
+async def test_the_only_observer_leaving_at_a_step_boundary_cancels_the_run() -> None:
+    from reactivex import operators as rx_ops
+
+    agent, provider, ran = looping_agent()
+    run = agent.run("go")
+    first = await run.pipe(rx_ops.first(lambda e: e.type == "step_completed"))
+    assert isinstance(first, StepCompleted)
+    result = await ra.collect_final(run)  # the replay of what happened
+    assert result.stop is ra.StopReason.CANCELLED
+    assert provider.calls == 1 and ran == [1]
+
+
+async def test_an_observer_that_cancels_mid_event_does_not_reorder_the_others() -> None:
+    provider = ra.ScriptedProvider([["a", "b", "c", s.hang()]])
+    run = ra.Agent(provider).run("go")
+    seen_a: list[str] = []
+    seen_b: list[str] = []
+
+    def a(event: ra.AgentEvent) -> None:
+        seen_a.append(getattr(event, "text", event.type))
+        if getattr(event, "text", None) == "b":
+            run.cancel()
+
+    run.subscribe(a)
+    run.subscribe(lambda event: seen_b.append(getattr(event, "text", event.type)))
+    await ra.collect_final(run)
+    assert seen_a == seen_b == ["step_started", "a", "b", "step_completed", "run_completed"]
+
+
+def test_await_and_async_for_work_from_another_loop() -> None:
+    agent, _ = two_step_agent(chunk_delay=0.002)
+    run = agent.run("go")
+    run.subscribe(lambda _: None)  # no loop here: the run lives on the background loop
+
+    async def elsewhere() -> tuple[ra.AgentEvent, list[str]]:
+        last = await asyncio.wait_for(run, 10)
+        kinds = [event.type async for event in run]
+        return last, kinds
+
+    started = time.monotonic()
+    last, kinds = asyncio.run(elsewhere())
+    # Woken when the run ended (a future set from the wrong thread would sleep to the timeout).
+    assert time.monotonic() - started < 5
+    assert isinstance(last, RunCompleted) and last.run.text == "A and B."
+    assert kinds[0] == "step_started" and kinds[-1] == "run_completed"
+
+
+def test_a_finished_run_replays_after_its_loop_closed() -> None:
+    agent, provider = two_step_agent()
+    run = agent.run("go")
+    first = asyncio.run(ra.collect_final(run))
+    again = asyncio.run(ra.collect_final(run))  # the first loop is closed by now
+    assert first == again == run.result()
+    assert provider.calls == 2
+
+
+def test_an_unfinished_run_whose_loop_is_gone_is_a_clear_error() -> None:
+    agent, _ = cancellable_agent_plain()
+    run = agent.run("go")
+
+    async def start_and_leave() -> None:
+        run.subscribe(lambda _: None)
+        await asyncio.sleep(0)
+
+    asyncio.run(start_and_leave())
+    with pytest.raises(RuntimeError, match="no longer running"):
+        run.result(timeout=5)
+
+
+def cancellable_agent_plain() -> tuple[ra.Agent, ra.ScriptedProvider]:
+    provider = ra.ScriptedProvider([["thinking", s.hang()]])
+    return ra.Agent(provider), provider
+
+
+class ThreadedProvider:
+    """A provider that emits from a thread of its own (as a blocking client might)."""
+
+    def __init__(self) -> None:
+        self.turns = [
+            [TextDelta(step=1, text="calling "), ToolCallReady("c1", "where_am_i", "{}")],
+            [TextDelta(step=2, text="done")],
+        ]
+
+    def stream(self, request: ProviderRequest) -> Observable[ProviderChunk]:
+        import reactivex as rx
+        from reactivex.scheduler import NewThreadScheduler
+
+        return rx.from_iterable(self.turns[request.step - 1], scheduler=NewThreadScheduler())
+
+
+async def test_a_provider_emitting_from_another_thread_is_brought_to_the_loop() -> None:
+    loop = asyncio.get_running_loop()
+    tool_loops: list[object] = []
+
+    @ra.tool
+    async def where_am_i() -> str:
+        """Which loop runs me."""
+        tool_loops.append(asyncio.get_running_loop())
+        return "here"
+
+    threads: set[str] = set()
+    run = ra.Agent(ThreadedProvider(), tools=[where_am_i]).run("go")
+    run.subscribe(lambda _: threads.add(threading.current_thread().name))
+    result = await asyncio.wait_for(ra.collect_final(run), 5)
+    assert result.text == "done"
+    assert threads == {threading.current_thread().name}
+    assert tool_loops == [loop]
+
+
+def test_async_for_over_a_run_on_another_thread() -> None:
+    agent, _ = two_step_agent(chunk_delay=0.002)
+    run = agent.run("go")
+    run.subscribe(lambda _: None)  # lives on the background loop, events on its thread
+
+    async def consume() -> list[str]:
+        return [event.type async for event in ra.to_async_iterable(run)]
+
+    kinds = asyncio.run(asyncio.wait_for(consume(), 10))
+    assert kinds == [e.type for e in run.events]

@@ -16,7 +16,7 @@ from reactivex import operators as rx_ops
 from reactivex.disposable import CompositeDisposable
 from reactivex.subject import Subject
 
-from rxagent.aio import from_async_iterable
+from rxagent.aio import from_async_iterable, on_loop, running_loop
 from rxagent.errors import AgentError, ApprovalError, OutputValidationError, ProviderError
 from rxagent.events import (
     AgentEvent,
@@ -28,6 +28,7 @@ from rxagent.events import (
     StepStarted,
     Structured,
     TextDelta,
+    ToolArgsDelta,
     ToolCallEnded,
     ToolCallPending,
     ToolCallStarted,
@@ -233,6 +234,12 @@ class _Step:
         self.provider_done = False
         self.tools_done = False
         self.finished = False
+        self.announced = False
+        self.cancel_requested = False
+        #: The step was cancelled or failed: nothing waits any more.
+        self.stopped = False
+        #: Provider call ids -> the ids the calls get (unique in the conversation).
+        self.open_ids: dict[str, str] = {}
         self.calls_subject: Subject[ToolCall] = Subject()
         self.disposables = CompositeDisposable()
         self.started_at = time.time()
@@ -240,9 +247,14 @@ class _Step:
 
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> abc.DisposableBase:
-        self.observer.on_next(StepStarted(step=self.number, at=self.started_at))
         if self.config.cancel is not None:
-            self.disposables.add(self.config.cancel.subscribe(lambda _: self._cancel()))
+            # Subscribed before StepStarted goes out: a cancel raised by an observer of
+            # StepStarted (or before this step, the signal being a latch) is not lost.
+            self.disposables.add(self.config.cancel.subscribe(lambda _: self._on_cancel()))
+        self.observer.on_next(StepStarted(step=self.number, at=self.started_at))
+        self.announced = True
+        if self.cancel_requested:
+            self._cancel()
         if self.finished:
             return self.disposables
         try:
@@ -349,8 +361,15 @@ class _Step:
         except Exception as error:
             self._on_provider_error(error)
             return
+        # A provider should emit on the event loop; one that emits from a thread of its
+        # own (a blocking client) is brought back to it, where observers and tools live.
+        loop = running_loop()
         self.disposables.add(
-            stream.subscribe(self._on_chunk, self._on_provider_error, self._on_provider_done)
+            stream.subscribe(
+                on_loop(loop, self._on_chunk),
+                on_loop(loop, self._on_provider_error),
+                on_loop(loop, self._on_provider_done),
+            )
         )
 
     def _on_chunk(self, chunk: ProviderChunk) -> None:
@@ -366,6 +385,10 @@ class _Step:
         elif kind is ToolCallReady:
             self._dispatch(chunk)  # type: ignore[arg-type]
             return
+        elif kind is ToolArgsDelta:
+            call_id = self._call_id(chunk.call_id)  # type: ignore[union-attr]
+            if call_id != chunk.call_id:  # type: ignore[union-attr]
+                chunk = chunk.model_copy(update={"call_id": call_id})  # type: ignore[union-attr]
         elif kind is UsageDelta:
             self.usage = self.usage + Usage(
                 prompt_tokens=chunk.prompt_tokens,  # type: ignore[union-attr]
@@ -396,15 +419,25 @@ class _Step:
         self.snapshot = snapshot
         self.observer.on_next(Structured(step=self.number, value=snapshot, partial=True))
 
-    def _dispatch(self, ready: ToolCallReady) -> None:
-        call_id = ready.call_id
+    def _call_id(self, given: str) -> str:
+        """The id a call the provider calls ``given`` gets: ``given``, unless it is empty
+        or already taken in the conversation (some OpenAI-compatible servers send empty
+        or repeated ids; a conversation needs unique ones)."""
+        call_id = self.open_ids.get(given)
+        if call_id is not None:
+            return call_id
+        call_id = given
         if not call_id or call_id in self.call_ids:
-            # Some OpenAI-compatible servers send empty or repeated ids; the
-            # conversation needs unique ones.
             call_id = f"call_{self.number}_{len(self.calls) + 1}"
             while call_id in self.call_ids:
                 call_id += "_"
         self.call_ids.add(call_id)
+        self.open_ids[given] = call_id
+        return call_id
+
+    def _dispatch(self, ready: ToolCallReady) -> None:
+        call_id = self._call_id(ready.call_id)
+        del self.open_ids[ready.call_id]  # the call is complete; the id may come again
         call = ToolCall(
             id=call_id, name=ready.name, arguments=ready.arguments, status=ToolCallStatus.PENDING
         )
@@ -499,10 +532,16 @@ class _Step:
                 break
         return outcome.model_copy(update={"messages": tuple(messages), "output": value})
 
+    def _on_cancel(self) -> None:
+        if self.announced:
+            self._cancel()
+        else:
+            self.cancel_requested = True
+
     def _cancel(self) -> None:
         if self.finished:
             return
-        self.finished = True
+        self.finished = self.stopped = True
         self.disposables.dispose()
         outcome = self._outcome(cancelled=True)
         self.observer.on_next(StepCompleted(step=self.number, outcome=outcome, at=outcome.ended_at))
@@ -511,7 +550,7 @@ class _Step:
     def _fail(self, error: Exception) -> None:
         if self.finished:
             return
-        self.finished = True
+        self.finished = self.stopped = True
         self.disposables.dispose()
         self._report(error, self._outcome(cancelled=True))
 
@@ -530,7 +569,8 @@ class _Step:
 
     # -- the outcome ------------------------------------------------------------------
     def _outcome(self, *, cancelled: bool) -> StepOutcome:
-        """What the step did; with ``cancelled``, calls that did not end are cancelled."""
+        """What the step did; with ``cancelled``, calls that did not end are cancelled
+        (a run that ends other than by pausing leaves no call waiting)."""
         messages: list[Message] = []
         replaces = 0
         if self.resumed is not None:
@@ -562,7 +602,7 @@ class _Step:
             invoked_tools=tuple(names[i] for i in self.started),
             finish_reason=self.finish_reason,
             cancelled=cancelled,
-            pause=self._pause_reason(),
+            pause=None if cancelled else self._pause_reason(),
             started_at=self.started_at,
             streamed_at=self.streamed_at or now,
             ended_at=now,
@@ -589,7 +629,7 @@ class _Step:
         out: list[ToolMessage] = []
         for c in calls:
             end = self.ended.get(c.id)
-            if c.id in self.pending:
+            if c.status is ToolCallStatus.PENDING:
                 continue
             if end is None:
                 out.append(
@@ -611,7 +651,7 @@ class _Step:
 
     def _final_call(self, call: ToolCall) -> ToolCall:
         pending = self.pending.get(call.id)
-        if pending is not None:
+        if pending is not None and not self.stopped:
             return call.model_copy(
                 update={
                     "status": ToolCallStatus.PENDING,

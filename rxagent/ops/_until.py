@@ -68,6 +68,7 @@ def _until(
                 outcome = event.outcome
                 outcome.apply(conversation)
                 state = state.after(outcome, time.monotonic() - started)
+                observer.on_next(event)
                 try:
                     if outcome.cancelled:
                         stop: StopReason | None = StopReason.CANCELLED
@@ -78,9 +79,19 @@ def _until(
                 except Exception as error:
                     done = True
                     subscription.dispose()
-                    observer.on_error(error)
+                    failure = AgentError(
+                        f"the policy {policy!r} raised {type(error).__name__}: {error}",
+                        partial=AgentRun(
+                            messages=conversation,
+                            steps=state.steps,
+                            stop=StopReason.ERROR,
+                            usage=state.usage,
+                            tool_calls=state.tool_calls,
+                        ),
+                    )
+                    failure.__cause__ = error
+                    observer.on_error(failure)
                     return
-                observer.on_next(event)
                 if stop is None:
                     if on_continue is not None:
                         on_continue(conversation.copy())
