@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import inspect
 import logging
@@ -12,11 +13,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mappi
 from concurrent.futures import Executor
 from typing import Any
 
-import reactivex as rx
 from reactivex import Observable, abc
+from reactivex import operators as rx_ops
 from reactivex.disposable import Disposable
 
-from rxagent import ops
 from rxagent.aio import (
     call_on,
     current_loop,
@@ -25,12 +25,14 @@ from rxagent.aio import (
     to_async_iterable,
 )
 from rxagent.errors import AgentError, ApprovalError, ToolArgumentsError
-from rxagent.events import AgentEvent, AgentRun, RunCompleted
+from rxagent.events import AgentEvent, AgentRun, RunCompleted, RunStarted
 from rxagent.messages import Conversation, ConversationInput, ToolCallStatus
-from rxagent.ops._step import BeforeHook
+from rxagent.ops._step import BeforeHook, StepConfig, steps_of
+from rxagent.ops._until import run_loop
 from rxagent.output import OutputSpec
 from rxagent.policies import Policy, StopReason, max_steps, until_no_tool_calls
 from rxagent.providers.base import Provider
+from rxagent.state import RunState
 from rxagent.tools import JoinPolicy, ToolRegistry, ToolsInput
 
 __all__ = ["DEFAULT_POLICY", "AfterHook", "Agent", "Run", "collect_final"]
@@ -88,50 +90,103 @@ class Agent:
         output_retries: int = 1,
         before: BeforeHook | None = None,
         after: AfterHook | None = None,
+        name: str | None = None,
+        scheduler: abc.SchedulerBase | None = None,
     ) -> None:
-        if not callable(getattr(provider, "stream", None)):
-            raise TypeError(f"provider must have a stream(request) method, got {provider!r}")
-        if max_tool_concurrency is not None and max_tool_concurrency < 1:
-            raise ValueError(
-                f"max_tool_concurrency must be None or at least 1, got {max_tool_concurrency}"
-            )
-        self.provider = provider
-        self.tools = ToolRegistry(tools)
-        self.instructions = instructions
-        self.policy = policy or DEFAULT_POLICY
-        self.max_tool_concurrency = max_tool_concurrency
-        self.join = JoinPolicy(join)
-        self.tool_timeout = tool_timeout
-        self.options = dict(options or {})
-        self.executor = executor
-        self.output = (
-            OutputSpec(output_type, retries=output_retries) if output_type is not None else None
+        #: The agent's name (for sub-agents, handoffs and logs); ``None`` when unnamed.
+        self.name = name
+        #: Every option of a step, in one object handed down whole.
+        self.config = StepConfig.make(
+            provider,
+            tools=tools,
+            instructions=instructions,
+            max_tool_concurrency=max_tool_concurrency,
+            join=join,
+            options=options,
+            tool_timeout=tool_timeout,
+            executor=executor,
+            output=(
+                OutputSpec(output_type, retries=output_retries) if output_type is not None else None
+            ),
+            before=before,
+            scheduler=scheduler,
         )
-        self.before = before
+        self.policy = policy or DEFAULT_POLICY
         self.after = after
+        #: The clock of tool timeouts and of the run's time budget (default: asyncio's).
+        self.scheduler = scheduler
+
+    # The options, as attributes (read-only: make a new Agent to change one).
+    @property
+    def provider(self) -> Provider:
+        return self.config.provider
+
+    @property
+    def tools(self) -> ToolRegistry:
+        return self.config.registry
+
+    @property
+    def instructions(self) -> str | None:
+        return self.config.instructions
+
+    @property
+    def max_tool_concurrency(self) -> int | None:
+        return self.config.max_tool_concurrency
+
+    @property
+    def join(self) -> JoinPolicy:
+        return self.config.join
+
+    @property
+    def tool_timeout(self) -> float | None:
+        return self.config.tool_timeout
+
+    @property
+    def output(self) -> OutputSpec | None:
+        return self.config.output
+
+    @property
+    def before(self) -> BeforeHook | None:
+        return self.config.before
+
+    def __repr__(self) -> str:
+        label = f" {self.name!r}" if self.name else ""
+        return f"<Agent{label} on {self.provider!r} with {len(self.tools)} tool(s)>"
 
     def operator(
-        self, *, cancel: Observable[Any] | None = None
+        self, *, cancel: Observable[Any] | None = None, interrupt: Callable[[], None] | None = None
     ) -> Callable[[Observable[ConversationInput]], Observable[AgentEvent]]:
-        """The agent as an operator from conversations to run events (not multicast)."""
-        step = ops.step(
-            self.provider,
-            tools=self.tools,
-            instructions=self.instructions,
-            max_tool_concurrency=self.max_tool_concurrency,
-            join=self.join,
-            options=self.options,
-            tool_timeout=self.tool_timeout,
-            executor=self.executor,
-            cancel=cancel,
-            output=self.output,
-            before=self.before,
+        """The agent as an operator from conversations to run events (not multicast).
+
+        ``cancel`` stops the step under way when it emits (it should replay a past
+        emission, as a latch); ``interrupt`` fires it, which lets a time budget
+        (``max_time``) cut a step short at its deadline.
+        """
+
+        def one(conversation: ConversationInput) -> Observable[AgentEvent]:
+            return self._events(conversation, cancel, interrupt)
+
+        def operator(source: Observable[ConversationInput]) -> Observable[AgentEvent]:
+            return source.pipe(rx_ops.map(one), rx_ops.merge(max_concurrent=1))
+
+        return operator
+
+    def _events(
+        self,
+        conversation: ConversationInput,
+        cancel: Observable[Any] | None,
+        interrupt: Callable[[], None] | None,
+    ) -> Observable[AgentEvent]:
+        """One run's events on ``conversation`` (cold, not multicast)."""
+        config = self.config if cancel is None else dataclasses.replace(self.config, cancel=cancel)
+        events = run_loop(
+            steps_of(config),
+            self.policy,
+            conversation,
+            scheduler=self.scheduler,
+            interrupt=interrupt,
         )
-        loop = ops.loop(step, self.policy)
-        if self.after is None:
-            return loop
-        after = _after(self.after)
-        return lambda source: after(loop(source))
+        return events if self.after is None else events.pipe(_after(self.after))
 
     def run(self, input: ConversationInput) -> Run:
         """A run on ``input`` (text, messages or a Conversation); it starts when observed.
@@ -146,8 +201,8 @@ class Agent:
         conversation = Conversation.of(input)
         self._check_resumable(conversation)
 
-        def build(cancel: Observable[Any]) -> Observable[AgentEvent]:
-            return rx.just(conversation).pipe(self.operator(cancel=cancel))
+        def build(cancel: _Latch) -> Observable[AgentEvent]:
+            return self._events(conversation, cancel, cancel.fire)
 
         return Run(build, conversation)
 
@@ -250,7 +305,7 @@ class Run(Observable[AgentEvent]):
     """
 
     def __init__(
-        self, build: Callable[[Observable[Any]], Observable[AgentEvent]], input: Conversation
+        self, build: Callable[[_Latch], Observable[AgentEvent]], input: Conversation
     ) -> None:
         super().__init__()
         self._build = build
@@ -259,6 +314,7 @@ class Run(Observable[AgentEvent]):
         self._bind_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: list[AgentEvent] = []
+        self._folded: tuple[RunState, int] = (RunState(input), 0)
         self._subscribers: list[_Subscriber] = []
         self._state = "idle"  # idle -> running -> done
         self._error: Exception | None = None
@@ -286,6 +342,24 @@ class Run(Observable[AgentEvent]):
     @property
     def input(self) -> Conversation:
         return self._input.copy()
+
+    @property
+    def state(self) -> RunState:
+        """The run's state now: the fold of its events so far (see :class:`RunState`)."""
+        # Folded when asked, from where the last fold stopped: a run nobody asks
+        # pays nothing for it.
+        state, folded = self._folded
+        events = self._events
+        if folded < len(events):
+            for event in events[folded:]:
+                state = state.apply(event)
+            if self._state == "done" and self._error is not None:
+                state = state.fail(self._error)
+            self._folded = (state, len(events))
+        elif self._state == "done" and self._error is not None and not state.done:
+            state = state.fail(self._error)
+            self._folded = (state, len(events))
+        return state
 
     # -- Observable ------------------------------------------------------------------
     def _subscribe_core(
@@ -351,7 +425,16 @@ class Run(Observable[AgentEvent]):
         return True
 
     def _emit(self, event: AgentEvent) -> None:
-        self._serially(functools.partial(self._emit_now, event))
+        if self._busy:  # an observer caused this event: it waits its turn
+            self._backlog.append(functools.partial(self._emit_now, event))
+            return
+        self._busy = True
+        try:
+            self._emit_now(event)
+            while self._backlog:
+                self._backlog.popleft()()
+        finally:
+            self._busy = False
 
     def _emit_now(self, event: AgentEvent) -> None:
         self._events.append(event)
@@ -406,8 +489,9 @@ class Run(Observable[AgentEvent]):
             if self._loop is None:
                 # Never subscribed: it ends here, before it began.
                 if self._state == "idle":
+                    started = RunStarted(step=1, input=self._input.copy())
                     run = AgentRun(messages=self._input.copy(), stop=StopReason.CANCELLED)
-                    self._events.append(RunCompleted(step=1, run=run))
+                    self._events += [started, RunCompleted(step=1, run=run)]
                     self._state = "done"
                 return
             loop = self._loop

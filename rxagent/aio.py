@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import weakref
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 from reactivex import Observable, abc
 from reactivex.disposable import Disposable
+from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 __all__ = ["background_loop", "current_loop", "from_async_iterable", "to_async_iterable"]
 
@@ -64,6 +66,21 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
 def current_loop() -> asyncio.AbstractEventLoop:
     """The loop running in this thread, else the shared background loop."""
     return running_loop() or background_loop()
+
+
+_schedulers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncIOScheduler] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def loop_scheduler(loop: asyncio.AbstractEventLoop | None = None) -> AsyncIOScheduler:
+    """The Rx scheduler of ``loop`` (default: the loop running here, else the background
+    loop): the clock rxagent's timers use when no scheduler is given."""
+    loop = loop or current_loop()
+    scheduler = _schedulers.get(loop)
+    if scheduler is None:
+        scheduler = _schedulers[loop] = AsyncIOScheduler(loop)
+    return scheduler
 
 
 def call_on(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
@@ -137,7 +154,7 @@ def from_async_iterable(
                 return
             except Exception as error:
                 if not disposed:
-                    observer.on_error(error)
+                    _notify(observer.on_error, error)
                 return
             finally:
                 aclose = getattr(iterator, "aclose", None)
@@ -147,7 +164,7 @@ def from_async_iterable(
                     except Exception:  # the generator's own cleanup failed
                         log.exception("closing an async iterator failed")
             if not disposed:
-                observer.on_completed()
+                _notify(observer.on_completed)
 
         cancel = start_task(current_loop(), pump())
 
@@ -159,6 +176,15 @@ def from_async_iterable(
         return Disposable(dispose)
 
     return Observable(subscribe)
+
+
+def _notify(fn: Callable[..., None], *args: Any) -> None:
+    """Call an observer's ``on_error``/``on_completed`` from a task: what it raises has
+    nowhere to go but the log (raised in the task, it would vanish unseen)."""
+    try:
+        fn(*args)
+    except Exception:
+        log.exception("an observer raised at the end of a stream; the error is logged here")
 
 
 async def to_async_iterable(source: Observable[_T]) -> AsyncIterator[_T]:

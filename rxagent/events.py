@@ -24,6 +24,7 @@ __all__ = [
     "ReasoningDelta",
     "RunCompleted",
     "RunFailed",
+    "RunStarted",
     "StepCompleted",
     "StepRetry",
     "StepStarted",
@@ -78,6 +79,18 @@ class _Event(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     step: int
+
+
+class RunStarted(_Event):
+    """The first event of a run: the conversation it starts from (``step`` is 1).
+
+    With it, a run's events tell the whole run: folding them
+    (:class:`~rxagent.state.RunState`) gives its ``AgentRun``.
+    """
+
+    type: Literal["run_started"] = "run_started"
+    input: Conversation = Field(default_factory=Conversation)
+    at: float = Field(default_factory=_now)
 
 
 class StepStarted(_Event):
@@ -228,7 +241,8 @@ class RunFailed(_Event):
 
 
 AgentEvent: TypeAlias = Annotated[
-    StepStarted
+    RunStarted
+    | StepStarted
     | TextDelta
     | ReasoningDelta
     | ToolArgsDelta

@@ -57,11 +57,14 @@ class Usage(_Frozen):
 class ToolCallStatus(StrEnum):
     """Where a tool call is in its life.
 
-    ``pending`` calls wait for a decision (a human approval, a schedule);
-    ``approved`` ones may run; ``running`` ones are running; ``completed``,
-    ``failed``, ``rejected`` and ``cancelled`` are final.
+    ``requested`` calls were asked for by the model and have not started (their
+    arguments may still be streaming, or they wait for a free slot); ``pending``
+    calls wait for a decision (a human approval, a schedule); ``approved`` ones
+    may run; ``running`` ones are running; ``completed``, ``failed``,
+    ``rejected`` and ``cancelled`` are final.
     """
 
+    REQUESTED = "requested"
     PENDING = "pending"
     APPROVED = "approved"
     REJECTED = "rejected"

@@ -8,9 +8,11 @@ a policy, so one policy serves any number of runs at once.
 ``a | b`` stops when either stops (the first one's reason wins when both do);
 ``a & b`` stops only when both do (with ``a``'s reason).
 
-The loop asks the policy after each step, so budgets (tokens, tool calls, time)
-are checked at step boundaries: a step that is under way is finished first.
-Use ``run.cancel()`` or an Rx ``take_until`` to cut a run short mid-step.
+The loop asks the policy after each step, so budgets of tokens and tool calls
+are checked at step boundaries: a step that is under way is finished first. A
+budget of time (``max_time``) also cuts the step under way short at its
+deadline. Use ``run.cancel()`` or an Rx ``take_until`` to cut a run short
+mid-step yourself.
 """
 
 from __future__ import annotations
@@ -85,8 +87,11 @@ class StepOutcome(BaseModel):
     #: Names of the tools that actually ran this step, in call order.
     invoked_tools: tuple[str, ...] = ()
     finish_reason: str | None = None
-    #: The step was cut short by a cancellation.
+    #: The step was cut short by a cancellation (or by a failure: see ``error``).
     cancelled: bool = False
+    #: The step failed with this error (``"ErrorType: message"``); the run fails with
+    #: it right after this step's ``StepCompleted``, whose outcome is the partial step.
+    error: str | None = None
     #: Set when calls wait for a human or a schedule: the run pauses after this step.
     pause: PauseReason | None = None
     #: The validated structured output, when the agent has an ``output_type`` and this
@@ -94,8 +99,9 @@ class StepOutcome(BaseModel):
     output: Any = None
     #: The answer did not fit ``output_type`` and the model is asked again.
     output_retry: bool = False
-    #: Wall-clock times (``time.time()``): the step began, the provider's stream ended,
-    #: the step ended.
+    #: Wall-clock times (``time.time()``): the step began, the provider's stream ended
+    #: (0 when it never did: a step cancelled or failed mid-stream, or a resumed turn
+    #: that paused again), the step ended.
     started_at: float = 0.0
     streamed_at: float = 0.0
     ended_at: float = 0.0
@@ -138,11 +144,16 @@ Decide = Callable[[LoopState, StepOutcome], StopReason | None]
 class Policy:
     """A stop rule; call it with ``(state, outcome)``; combine with ``|`` and ``&``."""
 
-    __slots__ = ("_decide", "_name")
+    __slots__ = ("_decide", "_name", "time_limit")
 
-    def __init__(self, decide: Decide, name: str | None = None) -> None:
+    def __init__(
+        self, decide: Decide, name: str | None = None, *, time_limit: float | None = None
+    ) -> None:
         self._decide = decide
         self._name = name or getattr(decide, "__name__", "policy")
+        #: Seconds after which this policy stops the run whatever happens: the loop
+        #: then cuts the step under way short at that time (``max_time``).
+        self.time_limit = time_limit
 
     def __call__(self, state: LoopState, outcome: StepOutcome) -> StopReason | None:
         return self._decide(state, outcome)
@@ -151,14 +162,23 @@ class Policy:
         def either(state: LoopState, outcome: StepOutcome) -> StopReason | None:
             return self(state, outcome) or other(state, outcome)
 
-        return Policy(either, f"({self._name} | {other._name})")
+        limits = [t for t in (self.time_limit, other.time_limit) if t is not None]
+        return Policy(
+            either, f"({self._name} | {other._name})", time_limit=min(limits, default=None)
+        )
 
     def __and__(self, other: Policy) -> Policy:
         def both(state: LoopState, outcome: StepOutcome) -> StopReason | None:
             first = self(state, outcome)
             return first if first is not None and other(state, outcome) is not None else None
 
-        return Policy(both, f"({self._name} & {other._name})")
+        # Both must stop: a deadline holds only when both have one, at the later.
+        limit = (
+            max(self.time_limit, other.time_limit)
+            if self.time_limit is not None and other.time_limit is not None
+            else None
+        )
+        return Policy(both, f"({self._name} & {other._name})", time_limit=limit)
 
     def __repr__(self) -> str:
         return f"Policy({self._name})"
@@ -228,10 +248,17 @@ def max_tool_calls(n: int) -> Policy:
 
 
 def max_time(seconds: float) -> Policy:
-    """Stop after the first step that ends ``seconds`` or more into the run."""
+    """Stop the run ``seconds`` into it.
+
+    An agent's run (and ``ops.loop`` given ``interrupt``) cuts the step under way
+    short at the deadline: its provider stream and running tools are cancelled,
+    the conversation keeps what they did and still validates, and the run stops
+    with ``time_budget``. Elsewhere it stops after the first step that ends
+    ``seconds`` or more into the run.
+    """
     _positive("max_time", seconds)
 
     def decide(state: LoopState, outcome: StepOutcome) -> StopReason | None:
         return StopReason.TIME_BUDGET if state.elapsed >= seconds else None
 
-    return Policy(decide, f"max_time({seconds})")
+    return Policy(decide, f"max_time({seconds})", time_limit=seconds)

@@ -43,7 +43,7 @@ def test_the_asyncio_app_runs_agents_at_once_and_routes_their_events(tmp_path: P
     assert ("news", "failed") in {(a, k) for a, k, _ in said}
 
     # The agents ran at the same time: each started before any other finished.
-    starts = {n: e[0].at for n, e in recorded.items() if isinstance(e[0], events.StepStarted)}
+    starts = {n: e[0].at for n, e in recorded.items() if isinstance(e[0], events.RunStarted)}
     ends = {n: e[-1].at for n, e in recorded.items()}
     assert len(starts) == 3 and max(starts.values()) < min(ends.values())
 

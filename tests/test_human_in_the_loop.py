@@ -71,7 +71,12 @@ async def test_a_call_that_needs_approval_pauses_the_run_and_resumes_once_approv
     assert bank.transfers == [500]
     assert result.stop is ra.StopReason.NO_TOOL_CALLS and result.text == "Done: moved 500."
     # The approved call runs first, before the next provider turn.
-    assert types(second)[:3] == ["step_started", "tool_call_started", "tool_call_ended"]
+    assert types(second)[:4] == [
+        "run_started",
+        "step_started",
+        "tool_call_started",
+        "tool_call_ended",
+    ]
     sent = provider.requests[1].messages
     assert sent[-1] == ra.ToolMessage(tool_call_id="big", content="moved 500 to savings")
     assert result.messages.find_tool_call("big").status is ra.ToolCallStatus.COMPLETED

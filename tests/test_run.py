@@ -220,7 +220,7 @@ async def test_async_for_iterates_the_events_and_break_disposes() -> None:
     agent, _ = two_step_agent()
     run = agent.run("go")
     types = [event.type async for event in run]
-    assert types[0] == "step_started" and types[-1] == "run_completed"
+    assert types[:2] == ["run_started", "step_started"] and types[-1] == "run_completed"
 
     provider = ClosingProvider()
     run = ra.Agent(provider).run("go")
@@ -240,7 +240,8 @@ async def test_async_for_raises_the_runs_error() -> None:
     with pytest.raises(ra.ProviderError, match="connection reset") as raised:
         async for event in run:
             seen.append(event.type)
-    assert seen == ["step_started", "text_delta"]
+    # The failed step still ends with its StepCompleted (the partial step), then the error.
+    assert seen == ["run_started", "step_started", "text_delta", "step_completed"]
     assert raised.value.partial is not None
     assert raised.value.partial.text == "half "  # nothing streamed is lost
     assert ra.validate_conversation(raised.value.partial.messages) == []
@@ -439,7 +440,18 @@ async def test_an_observer_that_cancels_mid_event_does_not_reorder_the_others() 
     run.subscribe(a)
     run.subscribe(lambda event: seen_b.append(getattr(event, "text", event.type)))
     await ra.collect_final(run)
-    assert seen_a == seen_b == ["step_started", "a", "b", "step_completed", "run_completed"]
+    assert (
+        seen_a
+        == seen_b
+        == [
+            "run_started",
+            "step_started",
+            "a",
+            "b",
+            "step_completed",
+            "run_completed",
+        ]
+    )
 
 
 def test_await_and_async_for_work_from_another_loop() -> None:
@@ -457,7 +469,7 @@ def test_await_and_async_for_work_from_another_loop() -> None:
     # Woken when the run ended (a future set from the wrong thread would sleep to the timeout).
     assert time.monotonic() - started < 5
     assert isinstance(last, RunCompleted) and last.run.text == "A and B."
-    assert kinds[0] == "step_started" and kinds[-1] == "run_completed"
+    assert kinds[:2] == ["run_started", "step_started"] and kinds[-1] == "run_completed"
 
 
 def test_a_finished_run_replays_after_its_loop_closed() -> None:
@@ -532,3 +544,24 @@ def test_async_for_over_a_run_on_another_thread() -> None:
 
     kinds = asyncio.run(asyncio.wait_for(consume(), 10))
     assert kinds == [e.type for e in run.events]
+
+
+async def test_an_observer_that_raises_at_the_end_is_logged_not_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # An exception in an Rx callback run by an asyncio task must never vanish into
+    # "Task exception was never retrieved": it is logged where a user looks.
+    finished = asyncio.Event()
+
+    async def numbers() -> AsyncIterator[int]:
+        yield 1
+
+    def on_completed() -> None:
+        finished.set()
+        raise RuntimeError("the view broke")
+
+    with caplog.at_level(logging.ERROR, logger="rxagent"):
+        ra.from_async_iterable(numbers).subscribe(lambda _: None, on_completed=on_completed)
+        await asyncio.wait_for(finished.wait(), 1)
+    logged = [r for r in caplog.records if r.name == "rxagent" and r.exc_info]
+    assert [str(r.exc_info[1]) for r in logged if r.exc_info] == ["the view broke"]

@@ -177,7 +177,9 @@ async def test_parallel_tool_error_propagates() -> None:
     assert isinstance(got.error, ra.ToolExecutionError)
     assert "boom" in str(got.error) and got.error.call_id == "b1"
     assert isinstance(got.error.__cause__, RuntimeError)
-    assert not got.of(StepCompleted)
+    # The failed step ends with its partial outcome, marked with the error, then fails.
+    (completed,) = got.of(StepCompleted)
+    assert completed.outcome.error.startswith("ToolExecutionError") and got.events[-1] is completed
     assert ra.validate_conversation(got.error.partial.messages) == []
 
 
@@ -263,9 +265,10 @@ async def test_join_all_emits_successes_then_the_error() -> None:
     assert ends[1].output == {"ok": True} and ends[1].error is None
     assert isinstance(got.error, ra.ToolsFailed)
     assert [e.call_id for e in got.error.errors] == ["b1"]
-    assert not got.of(StepCompleted)
-    # The error comes after every end.
-    assert got.events[-1] is ends[-1]
+    # The error comes after every end, and the step's partial outcome.
+    (completed,) = got.of(StepCompleted)
+    assert completed.outcome.error.startswith("ToolsFailed")
+    assert got.events[-2:] == [ends[-1], completed]
     assert ra.validate_conversation(got.error.partial.messages) == []
 
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import rxagent as ra
 from rxagent import scripted as s
-from rxagent.events import RunCompleted, StepCompleted, StepStarted, Structured, TextDelta
+from rxagent.events import (
+    RunCompleted,
+    RunStarted,
+    StepCompleted,
+    StepStarted,
+    Structured,
+    TextDelta,
+)
 from tests.helpers import collect
 
 
@@ -16,7 +23,7 @@ async def run_events(turn: list[s.ScriptItem]) -> list[ra.AgentEvent]:
 
 
 def without_bookkeeping(events: list[ra.AgentEvent]) -> list[ra.AgentEvent]:
-    return [e for e in events if not isinstance(e, StepStarted | StepCompleted)]
+    return [e for e in events if not isinstance(e, RunStarted | StepStarted | StepCompleted)]
 
 
 async def test_structured_events_reach_the_consumer_and_the_final_response() -> None:

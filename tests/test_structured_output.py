@@ -9,7 +9,7 @@ import logging
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 import rxagent as ra
 from rxagent import scripted as s
@@ -207,3 +207,36 @@ async def test_after_sees_the_finished_run_sync_or_async(caplog: pytest.LogCaptu
             ra.Agent(ra.ScriptedProvider([["hello"]]), after=broken).run("hi")
         )
     assert result.text == "hello" and "after hook raised" in caplog.text
+
+
+class Picky(BaseModel):
+    city: str
+    data: Any = None
+
+    @field_validator("city")
+    @classmethod
+    def known(cls, value: str) -> str:
+        return {"Paris": "Paris"}[value]  # a KeyError for any other city: not a ValueError
+
+
+@pytest.mark.parametrize(
+    ("answer", "raised"),
+    [
+        ('{"city": "Lyon"}', "KeyError"),
+        ('{"city": "Paris", "data": ' + "[" * 300 + "]" * 300 + "}", "serialization depth"),
+        ('{"city": "Paris", "data": ' + "[" * 5000 + "]" * 5000 + "}", "RecursionError"),
+    ],
+    ids=["validator-raises-keyerror", "answer-nested-300-deep", "answer-nested-5000-deep"],
+)
+async def test_any_exception_while_checking_the_answer_fails_the_run_with_its_partial(
+    answer: str, raised: str
+) -> None:
+    # These used to be lost: collect_final never returned and cancel() did nothing.
+    run = ra.Agent(ra.ScriptedProvider([[answer]]), output_type=Picky).run("Where?")
+    with pytest.raises(ra.OutputValidationError, match=raised) as failure:
+        await asyncio.wait_for(ra.collect_final(run), 5)
+    partial = failure.value.partial
+    assert partial is not None and partial.text == answer  # the answer is not lost
+    assert ra.validate_conversation(partial.messages) == []
+    run.cancel()  # the run is over: a cancel changes nothing and does not hang
+    assert run.done and run.error is failure.value

@@ -186,8 +186,8 @@ async def test_a_fail_fast_run_marks_the_failure_and_the_calls_it_cancelled() ->
     assert a_end - a_start < NAPS["a"]
     assert calls["a"].get_linestyle() == "--"
     assert set(marks(ax, "failed:")) == {"c"}
-    # The failed step never said when its stream ended: a faint span up to its end.
-    assert bars(ax, "stream:")["1"].get_alpha() == pytest.approx(0.3)
+    # The stream had ended when the call failed: its span is solid, up to that time.
+    assert bars(ax, "stream:")["1"].get_alpha() == pytest.approx(1.0)
     assert "(failed)" in ax.get_title()
 
 

@@ -1,6 +1,7 @@
 """Pipeable operators: each a function returning ``Callable[[Observable], Observable]``.
 
-* :func:`step` - one provider turn and its tools, for each conversation.
+* :func:`step` - one provider turn and its tools, for each conversation
+  (:func:`steps_of` takes its options as one :class:`StepConfig`).
 * :func:`fan_out_tools` - tool calls in, ``ToolCallStarted``/``ToolProgress``/
   ``ToolCallEnded`` out, concurrently, ends in call order.
 * :func:`until` - mirror step events until a policy says stop, then ``RunCompleted``.
@@ -16,17 +17,19 @@
 from rxagent.ops._collect import collect_final
 from rxagent.ops._fan_out import fan_out_tools
 from rxagent.ops._materialize import materialize
-from rxagent.ops._step import step
+from rxagent.ops._step import StepConfig, step, steps_of
 from rxagent.ops._tap import tap
 from rxagent.ops._text import text
 from rxagent.ops._until import loop, until
 
 __all__ = [
+    "StepConfig",
     "collect_final",
     "fan_out_tools",
     "loop",
     "materialize",
     "step",
+    "steps_of",
     "tap",
     "text",
     "until",

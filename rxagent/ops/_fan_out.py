@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 from reactivex import Observable, abc
 from reactivex import operators as rx_ops
-from reactivex.disposable import Disposable, SingleAssignmentDisposable
+from reactivex.disposable import CompositeDisposable, Disposable, SingleAssignmentDisposable
 
-from rxagent.aio import from_async_iterable
+from rxagent.aio import from_async_iterable, loop_scheduler
 from rxagent.approval import EXECUTE
 from rxagent.errors import (
     AgentError,
@@ -29,9 +28,11 @@ from rxagent.events import (
     ToolProgress,
 )
 from rxagent.messages import ToolCall, ToolCallStatus
-from rxagent.tools import BoundCall, JoinPolicy, ToolRegistry, ToolsInput, jsonable
+from rxagent.tools import JoinPolicy, ToolRegistry, ToolsInput, jsonable
 
-__all__ = ["fan_out_tools"]
+__all__ = ["fan_out_tools", "within"]
+
+_T = TypeVar("_T")
 
 # (call index, event, the error when the event is a failed ToolCallEnded)
 _Item: TypeAlias = tuple[int, AgentEvent, ToolError | None]
@@ -45,6 +46,7 @@ def fan_out_tools(
     step: int = 1,
     timeout: float | None = None,
     executor: Executor | None = None,
+    scheduler: abc.SchedulerBase | None = None,
 ) -> Callable[[Observable[ToolCall]], Observable[AgentEvent]]:
     """Run each incoming tool call, at most ``max_concurrent`` at a time.
 
@@ -71,7 +73,9 @@ def fan_out_tools(
     order; a cancelled call has none) and errors with the failure;
     ``JOIN_ALL`` lets all run, emits every end, then errors with
     :class:`~rxagent.errors.ToolsFailed`; ``REPORT_TO_MODEL`` never errors.
-    ``timeout`` (seconds) applies to tools that have none of their own.
+    ``timeout`` (seconds) applies to tools that have none of their own; the
+    timeouts run on ``scheduler`` (default: the asyncio event loop's clock), so a
+    test can drive them in virtual time (``reactivex.testing.TestScheduler``).
     """
     if max_concurrent is not None and max_concurrent < 1:
         raise ValueError(f"max_concurrent must be None or at least 1, got {max_concurrent}")
@@ -119,7 +123,7 @@ def fan_out_tools(
                 ended(error=error)
                 return Disposable()
             except Exception as error:  # the approval strategy itself raised
-                ended(error=_as_tool_error(error, call, None))
+                ended(error=_as_tool_error(error, call))
                 return Disposable()
             if decision.kind == "reject":
                 ended(error=_refusal(call, decision.reason), status=ToolCallStatus.REJECTED)
@@ -158,11 +162,23 @@ def fan_out_tools(
                     observer.on_next((index, progress, None))
 
             def on_error(error: Exception) -> None:
-                ended(error=_as_tool_error(error, call, bound.tool.timeout or timeout))
+                ended(error=_as_tool_error(error, call))
 
-            return from_async_iterable(lambda: _execute(bound, timeout, executor)).subscribe(
-                on_item, on_error
-            )
+            items = from_async_iterable(lambda: bound.tool.stream(bound.kwargs, executor=executor))
+            limit = bound.tool.timeout or timeout
+            if limit is not None:
+                items = items.pipe(
+                    within(
+                        limit,
+                        lambda: ToolTimeoutError(
+                            f"tool {call.name!r} timed out after {limit:g}s",
+                            call_id=call.id,
+                            tool_name=call.name,
+                        ),
+                        scheduler,
+                    )
+                )
+            return items.subscribe(on_item, on_error)
 
         return Observable(subscribe)
 
@@ -230,18 +246,64 @@ def fan_out_tools(
     return operator
 
 
-async def _execute(
-    bound: BoundCall, default_timeout: float | None, executor: Executor | None
-) -> AsyncIterator[tuple[bool, Any]]:
-    limit = bound.tool.timeout or default_timeout
-    items = bound.tool.stream(bound.kwargs, executor=executor)
-    if limit is None:
-        async for item in items:
-            yield item
-        return
-    async with asyncio.timeout(limit):
-        async for item in items:
-            yield item
+def within(
+    seconds: float,
+    error: Callable[[], Exception],
+    scheduler: abc.SchedulerBase | None = None,
+) -> Callable[[Observable[_T]], Observable[_T]]:
+    """Mirror the source, failing with ``error()`` if it has not ended ``seconds`` after
+    subscription (the source is then disposed: its task cancelled)::
+
+        source:  --a---b------c--|
+        result:  --a---b--X          (seconds elapsed before the source ended)
+
+    Unlike Rx's ``timeout``, which bounds the wait for each item, this bounds the
+    whole: a streaming tool's progress does not extend its time. The clock is
+    ``scheduler`` (default: the asyncio event loop's).
+    """
+
+    def operator(source: Observable[_T]) -> Observable[_T]:
+        def subscribe(
+            observer: abc.ObserverBase[_T], default: abc.SchedulerBase | None = None
+        ) -> abc.DisposableBase:
+            clock = scheduler or default or loop_scheduler()
+            subscription = SingleAssignmentDisposable()
+            over = False
+
+            def fire(_: abc.SchedulerBase, __: Any = None) -> None:
+                nonlocal over
+                if over:
+                    return
+                over = True
+                subscription.dispose()
+                observer.on_error(error())
+
+            timer = clock.schedule_relative(seconds, fire)
+
+            def on_next(item: _T) -> None:
+                if not over:
+                    observer.on_next(item)
+
+            def on_error(failure: Exception) -> None:
+                nonlocal over
+                if not over:
+                    over = True
+                    timer.dispose()
+                    observer.on_error(failure)
+
+            def on_completed() -> None:
+                nonlocal over
+                if not over:
+                    over = True
+                    timer.dispose()
+                    observer.on_completed()
+
+            subscription.disposable = source.subscribe(on_next, on_error, on_completed)
+            return CompositeDisposable(subscription, timer)
+
+        return Observable(subscribe)
+
+    return operator
 
 
 def _refusal(call: ToolCall, reason: str | None) -> ToolError:
@@ -250,21 +312,13 @@ def _refusal(call: ToolCall, reason: str | None) -> ToolError:
     )
 
 
-def _as_tool_error(error: Exception, call: ToolCall, limit: float | None) -> ToolError:
+def _as_tool_error(error: Exception, call: ToolCall) -> ToolError:
     if isinstance(error, ToolError):
         if not error.call_id:
             error.call_id = call.id
         if not error.tool_name:
             error.tool_name = call.name
         return error
-    if (
-        isinstance(error, TimeoutError)
-        and limit is not None
-        and isinstance(error.__cause__, asyncio.CancelledError)  # raised by asyncio.timeout
-    ):
-        return ToolTimeoutError(
-            f"tool {call.name!r} timed out after {limit:g}s", call_id=call.id, tool_name=call.name
-        )
     detail = error.message if isinstance(error, AgentError) else str(error)
     message = f"tool {call.name!r} raised {type(error).__name__}" + (
         f": {detail}" if detail else ""

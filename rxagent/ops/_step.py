@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, TypeVar
 
 import reactivex as rx
 from reactivex import Observable, abc
@@ -50,9 +51,10 @@ from rxagent.ops._fan_out import fan_out_tools
 from rxagent.output import _NOTHING, OutputInvalid, OutputSpec, grows
 from rxagent.policies import PauseReason, StepOutcome, StopReason
 from rxagent.providers.base import Finish, Provider, ProviderChunk, ProviderRequest, ToolCallReady
+from rxagent.state import StepPhase
 from rxagent.tools import JoinPolicy, ToolRegistry, ToolsInput, output_text
 
-__all__ = ["BeforeHook", "StepConfig", "step", "with_instructions"]
+__all__ = ["BeforeHook", "StepConfig", "step", "steps_of", "with_instructions"]
 
 #: Rewrites the messages of each provider request (sync or async); ``None`` keeps them.
 BeforeHook: TypeAlias = Callable[
@@ -62,20 +64,72 @@ BeforeHook: TypeAlias = Callable[
 
 @dataclass(frozen=True)
 class StepConfig:
-    """Everything a step needs besides the conversation."""
+    """Everything a step needs besides the conversation: the one options object.
+
+    ``Agent`` makes one when it is made and hands it down whole (a run only adds
+    its cancellation signal), so no option is passed by hand from layer to layer.
+    """
 
     provider: Provider
     registry: ToolRegistry = field(default_factory=ToolRegistry)
     instructions: str | None = None
     max_tool_concurrency: int | None = None
     join: JoinPolicy = JoinPolicy.REPORT_TO_MODEL
+    #: Request options sent with every request (with ``response_format`` for ``output``).
     options: Mapping[str, Any] = field(default_factory=dict)
     tool_timeout: float | None = None
     executor: Executor | None = None
-    #: When this emits, the step stops and completes with a cancelled outcome.
+    #: When this emits, the step stops and completes with a cancelled outcome. It
+    #: should replay a past emission to a late subscriber (as a run's latch does).
     cancel: Observable[Any] | None = None
     output: OutputSpec | None = None
     before: BeforeHook | None = None
+    #: The clock of tool timeouts (``None``: the asyncio event loop's).
+    scheduler: abc.SchedulerBase | None = None
+
+    @classmethod
+    def make(
+        cls,
+        provider: Provider,
+        *,
+        tools: ToolRegistry | ToolsInput = (),
+        instructions: str | None = None,
+        max_tool_concurrency: int | None = None,
+        join: JoinPolicy = JoinPolicy.REPORT_TO_MODEL,
+        options: Mapping[str, Any] | None = None,
+        tool_timeout: float | None = None,
+        executor: Executor | None = None,
+        cancel: Observable[Any] | None = None,
+        output: OutputSpec | None = None,
+        before: BeforeHook | None = None,
+        scheduler: abc.SchedulerBase | None = None,
+    ) -> StepConfig:
+        """A checked config (a bad value is an error here, not in the middle of a run)."""
+        if not callable(getattr(provider, "stream", None)):
+            raise TypeError(f"provider must have a stream(request) method, got {provider!r}")
+        if max_tool_concurrency is not None and max_tool_concurrency < 1:
+            raise ValueError(
+                f"max_tool_concurrency must be None or at least 1, got {max_tool_concurrency}"
+            )
+        if tool_timeout is not None and tool_timeout <= 0:
+            raise ValueError(f"tool_timeout must be positive, got {tool_timeout!r}")
+        request_options = dict(options or {})
+        if output is not None:
+            request_options.setdefault("response_format", output.response_format)
+        return cls(
+            provider=provider,
+            registry=tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools),
+            instructions=instructions,
+            max_tool_concurrency=max_tool_concurrency,
+            join=JoinPolicy(join),
+            options=request_options,
+            tool_timeout=tool_timeout,
+            executor=executor,
+            cancel=cancel,
+            output=output,
+            before=before,
+            scheduler=scheduler,
+        )
 
 
 def step(
@@ -91,7 +145,9 @@ def step(
     cancel: Observable[Any] | None = None,
     output: OutputSpec | None = None,
     before: BeforeHook | None = None,
+    scheduler: abc.SchedulerBase | None = None,
     first_step: int = 1,
+    config: StepConfig | None = None,
 ) -> Callable[[Observable[ConversationInput]], Observable[AgentEvent]]:
     """Run one step for each conversation that arrives: a provider turn and its tools.
 
@@ -131,27 +187,35 @@ def step(
     ``AgentError`` whose ``partial`` run holds the conversation so far
     (assistant text streamed, calls marked failed or cancelled), so it still
     validates.
+    (assistant text streamed, calls marked failed or cancelled), so it still
+    validates; a failing step first emits ``StepCompleted`` whose outcome is
+    that partial step, with ``outcome.error`` set.
+
+    ``config`` (a :class:`StepConfig`) gives every option at once, in place of
+    the keyword arguments; ``scheduler`` is the clock of tool timeouts.
     """
-    if max_tool_concurrency is not None and max_tool_concurrency < 1:
-        raise ValueError(
-            f"max_tool_concurrency must be None or at least 1, got {max_tool_concurrency}"
+    if config is None:
+        config = StepConfig.make(
+            provider,
+            tools=tools,
+            instructions=instructions,
+            max_tool_concurrency=max_tool_concurrency,
+            join=join,
+            options=options,
+            tool_timeout=tool_timeout,
+            executor=executor,
+            cancel=cancel,
+            output=output,
+            before=before,
+            scheduler=scheduler,
         )
-    request_options = dict(options or {})
-    if output is not None:
-        request_options.setdefault("response_format", output.response_format)
-    config = StepConfig(
-        provider=provider,
-        registry=tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools),
-        instructions=instructions,
-        max_tool_concurrency=max_tool_concurrency,
-        join=join,
-        options=request_options,
-        tool_timeout=tool_timeout,
-        executor=executor,
-        cancel=cancel,
-        output=output,
-        before=before,
-    )
+    return steps_of(config, first_step)
+
+
+def steps_of(
+    config: StepConfig, first_step: int = 1
+) -> Callable[[Observable[ConversationInput]], Observable[AgentEvent]]:
+    """:func:`step` with its options as one :class:`StepConfig`."""
 
     def operator(source: Observable[ConversationInput]) -> Observable[AgentEvent]:
         def subscribe(
@@ -199,8 +263,39 @@ class _Shared:
     output_attempts: int = 0
 
 
+_F = TypeVar("_F", bound=Callable[..., None])
+
+
+def _guarded(method: _F) -> _F:
+    """A callback of the step that fails the step, rather than raising, on any exception.
+
+    The step's callbacks are called by Rx sources (the provider stream, the tools,
+    the cancel signal, an asyncio task); an exception escaping them would be lost
+    in the source ("Task exception was never retrieved") and leave the run
+    waiting forever. Here it fails the step with an ``AgentError`` carrying the
+    partial run.
+    """
+
+    @functools.wraps(method)
+    def guarded(self: _Step, *args: Any) -> None:
+        try:
+            method(self, *args)
+        except Exception as error:
+            self._fail(_as_agent_error(error, "the step"))
+
+    return guarded  # type: ignore[return-value]
+
+
 class _Step:
-    """The state of one running step."""
+    """One running step, its life an explicit :class:`~rxagent.state.StepPhase`::
+
+        (start) -> resuming -> streaming -> finishing -> completed
+                       |           |            |
+                       +-----------+------------+-> cancelled | failed
+
+    ``phase`` is ``None`` until ``StepStarted`` is out; every exit checks that
+    the phase is not final yet, so a step ends exactly once.
+    """
 
     def __init__(
         self,
@@ -215,6 +310,9 @@ class _Step:
         self.number = number
         self.observer = observer
         self.shared = shared
+        self.phase: StepPhase | None = None
+        #: Whether the provider turn began (the outcome then has an assistant message).
+        self.turn_began = False
         self.text: list[str] = []
         self.reasoning: list[str] = []
         self.structured: list[Any] = []
@@ -230,14 +328,6 @@ class _Step:
         self.ended: dict[str, ToolCallEnded] = {}
         self.pending: dict[str, ToolCallPending] = {}
         self.finish_reason: str | None = None
-        self.turn_started = False
-        self.provider_done = False
-        self.tools_done = False
-        self.finished = False
-        self.announced = False
-        self.cancel_requested = False
-        #: The step was cancelled or failed: nothing waits any more.
-        self.stopped = False
         #: Provider call ids -> the ids the calls get (unique in the conversation).
         self.open_ids: dict[str, str] = {}
         self.calls_subject: Subject[ToolCall] = Subject()
@@ -245,27 +335,33 @@ class _Step:
         self.started_at = time.time()
         self.streamed_at = 0.0
 
+    @property
+    def over(self) -> bool:
+        return self.phase in _OVER
+
     # -- lifecycle --------------------------------------------------------------------
     def start(self) -> abc.DisposableBase:
-        if self.config.cancel is not None:
-            # Subscribed before StepStarted goes out: a cancel raised by an observer of
-            # StepStarted (or before this step, the signal being a latch) is not lost.
-            self.disposables.add(self.config.cancel.subscribe(lambda _: self._on_cancel()))
         self.observer.on_next(StepStarted(step=self.number, at=self.started_at))
-        self.announced = True
-        if self.cancel_requested:
-            self._cancel()
-        if self.finished:
-            return self.disposables
         try:
             turn = self.conversation.open_turn()
         except ApprovalError as error:
+            self.phase = StepPhase.STREAMING
             self._fail(error)
             return self.disposables
-        if turn is None:
-            self._turn()
-        else:
-            self._resume(turn)
+        self.phase = StepPhase.STREAMING if turn is None else StepPhase.RESUMING
+        if self.config.cancel is not None:
+            # The signal replays a past cancel (it is a latch): one raised before this
+            # step, or by an observer of StepStarted, stops the step here.
+            self.disposables.add(self.config.cancel.subscribe(lambda _: self._cancel()))
+        if self.over:
+            return self.disposables
+        try:
+            if turn is None:
+                self._turn()
+            else:
+                self._resume(turn)
+        except Exception as error:
+            self._fail(_as_agent_error(error, "the step"))
         return self.disposables
 
     def _run_tools(self, calls: Observable[ToolCall], on_done: Callable[[], None]) -> None:
@@ -278,6 +374,7 @@ class _Step:
                 step=self.number,
                 timeout=config.tool_timeout,
                 executor=config.executor,
+                scheduler=config.scheduler,
             )
         )
         self.disposables.add(fan.subscribe(self._on_tool_event, self._fail, on_done))
@@ -304,19 +401,21 @@ class _Step:
                 )
         self._run_tools(rx.from_iterable(ready), self._resumed_tools_done)
 
+    @_guarded
     def _resumed_tools_done(self) -> None:
-        if self.finished:
+        if self.over:
             return
         if self.pending:
             for event in self.pending.values():
                 self.observer.on_next(event)
             self._finish()
         else:
+            self.phase = StepPhase.STREAMING
             self._turn()
 
     def _turn(self) -> None:
         """The provider turn: stream the answer, run its calls as they come."""
-        self.turn_started = True
+        self.turn_began = True
         self._run_tools(self.calls_subject, self._on_tools_done)
         messages = list(self.conversation)
         if self.resumed is not None:
@@ -339,15 +438,18 @@ class _Step:
         async def wait() -> AsyncIterator[Sequence[Message] | None]:
             yield await pending_hook
 
-        def ready(value: Sequence[Message] | None) -> None:
+        @_guarded
+        def ready(self: _Step, value: Sequence[Message] | None) -> None:
             self._request(list(value) if value is not None else messages)
 
         self.disposables.add(
-            from_async_iterable(wait).subscribe(ready, lambda e: self._fail(_hook_error(e)))
+            from_async_iterable(wait).subscribe(
+                functools.partial(ready, self), lambda e: self._fail(_hook_error(e))
+            )
         )
 
     def _request(self, messages: list[Message]) -> None:
-        if self.finished:
+        if self.over:
             return
         config = self.config
         request = ProviderRequest(
@@ -372,8 +474,9 @@ class _Step:
             )
         )
 
+    @_guarded
     def _on_chunk(self, chunk: ProviderChunk) -> None:
-        if self.finished:
+        if self.over:
             return
         kind = type(chunk)
         if kind is TextDelta:
@@ -444,12 +547,15 @@ class _Step:
         self.calls.append(call)
         self.calls_subject.on_next(call)
 
+    @_guarded
     def _on_provider_done(self) -> None:
+        if self.over:
+            return
         self.streamed_at = time.time()
-        self.provider_done = True
-        self.calls_subject.on_completed()
-        self._maybe_finish()
+        self.phase = StepPhase.FINISHING
+        self.calls_subject.on_completed()  # the calls re-join; then _on_tools_done
 
+    @_guarded
     def _on_provider_error(self, error: Exception) -> None:
         if not isinstance(error, AgentError):
             wrapped = ProviderError(f"the provider failed: {type(error).__name__}: {error}")
@@ -457,8 +563,9 @@ class _Step:
             error = wrapped
         self._fail(error)
 
+    @_guarded
     def _on_tool_event(self, event: AgentEvent) -> None:
-        if self.finished:
+        if self.over:
             return
         if isinstance(event, ToolCallEnded):
             self.ended[event.call_id] = event
@@ -468,28 +575,25 @@ class _Step:
             self.pending[event.call_id] = event
         self.observer.on_next(event)
 
+    @_guarded
     def _on_tools_done(self) -> None:
-        self.tools_done = True
-        self._maybe_finish()
-
-    def _maybe_finish(self) -> None:
-        if not (self.provider_done and self.tools_done):
-            return
-        self._finish()
+        # The turn's calls complete only after the provider's stream did.
+        if self.phase is StepPhase.FINISHING:
+            self._finish()
 
     def _finish(self) -> None:
-        if self.finished:
+        if self.over:
             return
-        self.finished = True
-        self.disposables.dispose()
         outcome = self._outcome(cancelled=False)
-        final_answer = self.turn_started and not self.calls and not self.pending
+        final_answer = self.turn_began and not self.calls and not self.pending
         if self.config.output is not None and final_answer:
             try:
                 outcome = self._checked_output(outcome)
             except OutputValidationError as error:
-                self._report(error, outcome)
+                self._fail(error)
                 return
+        self.phase = StepPhase.COMPLETED
+        self.disposables.dispose()
         self.observer.on_next(StepCompleted(step=self.number, outcome=outcome, at=outcome.ended_at))
         self.observer.on_completed()
 
@@ -523,6 +627,16 @@ class _Step:
                     "output_retry": True,
                 }
             )
+        except Exception as error:
+            # A validator of the user's that raised something other than a validation
+            # error (a KeyError), an answer nested too deep to parse (RecursionError), ...
+            failure = OutputValidationError(
+                f"validating the answer against {spec.name} raised {type(error).__name__}: {error}",
+                errors=f"{type(error).__name__}: {error}",
+                text=text,
+            )
+            failure.__cause__ = error
+            raise failure from error
         self.observer.on_next(Structured(step=self.number, value=data))
         messages = list(outcome.messages)
         for i in range(len(messages) - 1, -1, -1):
@@ -532,40 +646,39 @@ class _Step:
                 break
         return outcome.model_copy(update={"messages": tuple(messages), "output": value})
 
-    def _on_cancel(self) -> None:
-        if self.announced:
-            self._cancel()
-        else:
-            self.cancel_requested = True
-
     def _cancel(self) -> None:
-        if self.finished:
+        if self.over:
             return
-        self.finished = self.stopped = True
+        self.phase = StepPhase.CANCELLED
         self.disposables.dispose()
         outcome = self._outcome(cancelled=True)
         self.observer.on_next(StepCompleted(step=self.number, outcome=outcome, at=outcome.ended_at))
         self.observer.on_completed()
 
     def _fail(self, error: Exception) -> None:
-        if self.finished:
+        if self.over:
             return
-        self.finished = self.stopped = True
+        self.phase = StepPhase.FAILED
         self.disposables.dispose()
-        self._report(error, self._outcome(cancelled=True))
-
-    def _report(self, error: Exception, outcome: StepOutcome) -> None:
-        if isinstance(error, AgentError):
+        failure = _as_agent_error(error, "the step")
+        try:
+            outcome = self._outcome(cancelled=True).model_copy(
+                update={"error": f"{type(failure).__name__}: {failure.message}"}
+            )
             conversation = self.conversation.copy()
             outcome.apply(conversation)
-            error.partial = AgentRun(
+            failure.partial = AgentRun(
                 messages=conversation,
                 steps=self.number,
                 stop=StopReason.ERROR,
                 usage=self.usage,
                 tool_calls=len(self.calls),
             )
-        self.observer.on_error(error)
+            self.observer.on_next(
+                StepCompleted(step=self.number, outcome=outcome, at=outcome.ended_at)
+            )
+        finally:
+            self.observer.on_error(failure)
 
     # -- the outcome ------------------------------------------------------------------
     def _outcome(self, *, cancelled: bool) -> StepOutcome:
@@ -577,7 +690,7 @@ class _Step:
             messages.extend(self._resumed_messages())
             replaces = len(self.conversation) - self.resumed.index
         calls = tuple(self._final_call(c) for c in self.calls)
-        if self.turn_started:
+        if self.turn_began:
             text = "".join(self.text)
             if calls or text or self.reasoning or self.structured or not cancelled:
                 messages.append(
@@ -604,7 +717,7 @@ class _Step:
             cancelled=cancelled,
             pause=None if cancelled else self._pause_reason(),
             started_at=self.started_at,
-            streamed_at=self.streamed_at or now,
+            streamed_at=self.streamed_at,
             ended_at=now,
         )
 
@@ -651,7 +764,7 @@ class _Step:
 
     def _final_call(self, call: ToolCall) -> ToolCall:
         pending = self.pending.get(call.id)
-        if pending is not None and not self.stopped:
+        if pending is not None and self.phase not in _STOPPED:
             return call.model_copy(
                 update={
                     "status": ToolCallStatus.PENDING,
@@ -680,12 +793,25 @@ class _Step:
         return PauseReason(kind=kind, awaiting_approval=awaiting, scheduled=scheduled)
 
 
+_STOPPED = (StepPhase.CANCELLED, StepPhase.FAILED)
+_OVER = frozenset({StepPhase.COMPLETED, StepPhase.CANCELLED, StepPhase.FAILED})
+
+
 def _arguments_of(call: ToolCall) -> dict[str, Any]:
     try:
         parsed = call.parsed_arguments()
     except ValueError:
         return {}
     return parsed if isinstance(parsed, dict) else {}
+
+
+def _as_agent_error(error: Exception, where: str) -> AgentError:
+    """``error`` as an ``AgentError`` (wrapped, its cause kept, when it is not one)."""
+    if isinstance(error, AgentError):
+        return error
+    wrapped = AgentError(f"{where} raised {type(error).__name__}: {error}")
+    wrapped.__cause__ = error
+    return wrapped
 
 
 def _hook_error(error: Exception) -> AgentError:
