@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from reactivex.testing import TestScheduler
 
 import rxagent as ra
 from rxagent import policies as p
@@ -98,11 +99,58 @@ async def test_the_stop_reason_is_recorded_on_the_run(
     assert result.usage.total_tokens == 15 * steps and result.tool_calls == steps
 
 
-async def test_time_budget() -> None:
-    provider = ra.ScriptedProvider(lambda request: [s.delay(0.03), s.call("ping")])
-    agent = ra.Agent(provider, tools=[ping], policy=p.max_time(0.05) | p.max_steps(50))
-    result = await ra.collect_final(agent.run("go"))
-    assert result.stop is StopReason.TIME_BUDGET and 2 <= result.steps < 50
+@ra.tool
+async def wait_forever() -> str:
+    """Never answers."""
+    await asyncio.Event().wait()
+    return "never"
+
+
+@pytest.mark.parametrize("where", ["model streaming", "tool running"])
+async def test_a_time_budget_cuts_the_step_under_way_short(where: str) -> None:
+    # Virtual time: the budget's clock is a TestScheduler the test advances.
+    clock = TestScheduler()
+    turn = ["thinking...", s.hang()] if where == "model streaming" else [s.call("wait_forever")]
+    agent = ra.Agent(
+        ra.ScriptedProvider([turn]),
+        tools=[wait_forever],
+        policy=p.max_time(30) | p.max_steps(50),
+        scheduler=clock,
+    )
+    run = agent.run("go")
+    busy = asyncio.Event()
+    run.subscribe(lambda e: e.type in ("text_delta", "tool_call_started") and busy.set())
+    result_task = asyncio.ensure_future(ra.collect_final(run))
+    await asyncio.wait_for(busy.wait(), 5)
+    clock.advance_by(29.9)
+    assert not run.done  # not yet: 29.9 s of the 30 have passed
+    clock.advance_by(0.2)
+    result = await asyncio.wait_for(result_task, 5)
+    assert result.stop is StopReason.TIME_BUDGET and result.steps == 1
+    assert ra.validate_conversation(result.messages) == []
+    if where == "model streaming":
+        assert result.text == "thinking..."
+    else:
+        (call,) = result.messages.tool_calls()
+        assert call.status is ra.ToolCallStatus.CANCELLED
+
+
+async def test_a_time_budget_is_also_checked_between_steps() -> None:
+    clock = TestScheduler()
+    provider = ra.ScriptedProvider(lambda request: [s.call("ping")])
+    agent = ra.Agent(
+        provider, tools=[ping], policy=p.max_time(10) | p.max_steps(50), scheduler=clock
+    )
+    run = agent.run("go")
+
+    def tick(event: ra.AgentEvent) -> None:
+        if event.type == "step_completed":
+            clock.advance_by(4)  # each step takes 4 s of virtual time
+
+    run.subscribe(tick)
+    result = await ra.collect_final(run)
+    # After step 3, 12 s have passed: the policy stops the run between steps.
+    assert result.stop is StopReason.TIME_BUDGET and result.steps == 3
 
 
 async def test_one_policy_serves_many_concurrent_runs() -> None:
