@@ -2,7 +2,7 @@
 
 from typing import TYPE_CHECKING
 
-from rxagent import approval, events, live, ops, policies, viz
+from rxagent import approval, events, live, ops, policies, state, viz
 from rxagent.agent import DEFAULT_POLICY, Agent, Run, collect_final
 from rxagent.aio import from_async_iterable, to_async_iterable
 from rxagent.errors import (
@@ -32,6 +32,7 @@ from rxagent.messages import (
 )
 from rxagent.policies import LoopState, Policy, StepOutcome, StopReason
 from rxagent.providers import Provider, ProviderRequest, ScriptedProvider, scripted
+from rxagent.state import RunState, RunStatus, StepPhase
 from rxagent.tools import JoinPolicy, Tool, Toolset, tool
 from rxagent.validation import (
     ValidationPolicy,
@@ -75,7 +76,10 @@ __all__ = [
     "ProviderRequest",
     "RetryPolicy",
     "Run",
+    "RunState",
+    "RunStatus",
     "ScriptedProvider",
+    "StepPhase",
     "StepOutcome",
     "StopReason",
     "SystemMessage",
@@ -104,6 +108,7 @@ __all__ = [
     "ops",
     "policies",
     "scripted",
+    "state",
     "to_async_iterable",
     "tool",
     "validate_conversation",

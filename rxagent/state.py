@@ -59,7 +59,7 @@ from rxagent.messages import (
 )
 from rxagent.policies import LoopState, StepOutcome, StopReason
 
-__all__ = ["RunState", "RunStatus", "StepPhase", "ToolCallState", "fold"]
+__all__ = ["RunState", "RunStatus", "StepPhase", "StepRecord", "ToolCallState", "fold"]
 
 
 class RunStatus(StrEnum):
@@ -159,6 +159,22 @@ class ToolCallState:
         return None
 
 
+@dataclasses.dataclass(frozen=True)
+class StepRecord:
+    """A step that ended, as its events tell it (times are ``time.time()`` values)."""
+
+    step: int
+    #: How it ended: ``completed``, ``cancelled`` or ``failed``.
+    phase: StepPhase
+    started_at: float | None
+    #: When the provider's stream ended (``None`` when it never did).
+    streamed_at: float | None
+    ended_at: float
+    #: The assistant text the step streamed.
+    text: str
+    finish_reason: str | None = None
+
+
 class _Pieces:
     """An append-only list of text pieces shared by successive states.
 
@@ -226,7 +242,10 @@ class RunState:
     _pieces_n: int
     _reasoning: _Pieces
     _reasoning_n: int
-    _texts: tuple[tuple[int, str], ...]
+    #: The steps that ended, in order.
+    records: tuple[StepRecord, ...]
+    #: When the step under way (or the last one) started.
+    step_started_at: float | None
 
     def __init__(self, input: ConversationInput = ()) -> None:
         messages = tuple(Conversation.of(input)) if input else ()
@@ -255,7 +274,8 @@ class RunState:
         self._pieces_n = 0
         self._reasoning = _NO_PIECES
         self._reasoning_n = 0
-        self._texts = ()
+        self.records = ()
+        self.step_started_at = None
 
     @classmethod
     def of(cls, input: ConversationInput) -> RunState:
@@ -276,6 +296,11 @@ class RunState:
 
     @property
     def text(self) -> str:
+        """The assistant text of every step so far, a line between steps."""
+        return "\n".join(t for t in self.texts.values() if t)
+
+    @property
+    def step_text(self) -> str:
         """The assistant text of the step under way (or the last step) so far."""
         return "".join(self._pieces.items[: self._pieces_n])
 
@@ -287,9 +312,9 @@ class RunState:
     @property
     def texts(self) -> dict[int, str]:
         """The assistant text each step streamed (a retried step starts again)."""
-        out = dict(self._texts)
-        if self.phase is not None and not self.phase.is_final:
-            out[self.step] = self.text
+        out = {record.step: record.text for record in self.records}
+        if self.step not in out and self._pieces_n:
+            out[self.step] = self.step_text  # the step under way (or one that failed)
         return {step: text for step, text in sorted(out.items())}
 
     @property
@@ -392,6 +417,7 @@ class RunState:
     def _step_started(self, event: StepStarted) -> None:
         if self.started_at is None:
             self.started_at = event.at
+        self.step_started_at = event.at
         self.phase = StepPhase.RESUMING if _has_open_turn(self.messages) else StepPhase.STREAMING
         self._pieces, self._pieces_n = _NO_PIECES, 0
         self._reasoning, self._reasoning_n = _NO_PIECES, 0
@@ -493,13 +519,22 @@ class RunState:
         self.tools_invoked += outcome.invoked_tools
         if outcome.output is not None:
             self.output = outcome.output
-        self._texts += ((event.step, self.text),)
         if outcome.error is not None:
             self.phase = StepPhase.FAILED
         elif outcome.cancelled:
             self.phase = StepPhase.CANCELLED
         else:
             self.phase = StepPhase.COMPLETED
+        record = StepRecord(
+            step=event.step,
+            phase=self.phase,
+            started_at=outcome.started_at or self.step_started_at,
+            streamed_at=outcome.streamed_at or None,
+            ended_at=outcome.ended_at or event.at,
+            text=self.step_text,
+            finish_reason=outcome.finish_reason,
+        )
+        self.records += (record,)
         # The outcome knows how the calls that never ended finished (cancelled,
         # still waiting), and a resumed turn's calls their new status.
         for message in outcome.messages:
@@ -533,6 +568,21 @@ class RunState:
 
     def _paused(self, event: Paused) -> None:
         self.pending = tuple(Conversation(list(self.messages)).pending)
+        reason = event.reason
+        waiting: list[tuple[str, Literal["approval", "schedule"], float | None]] = [
+            (i, "approval", None) for i in reason.awaiting_approval
+        ]
+        waiting += [(i, "schedule", t) for i, t in reason.scheduled.items()]
+        for call_id, awaiting, not_before in waiting:
+            call = self.calls.get(call_id)
+            if call is None:
+                call = ToolCallState(call_id=call_id, name="?", step=event.step)
+            if call.status is not ToolCallStatus.PENDING:
+                self._set_call(
+                    call.evolve(
+                        status=ToolCallStatus.PENDING, awaiting=awaiting, not_before=not_before
+                    )
+                )
 
     def _run_completed(self, event: RunCompleted) -> None:
         run = event.run
