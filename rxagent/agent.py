@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mappi
 from concurrent.futures import Executor
 from typing import Any
 
-from reactivex import Observable, abc
+from reactivex import Observable, Observer, abc
 from reactivex import operators as rx_ops
 from reactivex.disposable import Disposable
 
@@ -27,8 +27,8 @@ from rxagent.aio import (
 from rxagent.errors import AgentError, ApprovalError, ToolArgumentsError
 from rxagent.events import AgentEvent, AgentRun, RunCompleted, RunStarted
 from rxagent.messages import Conversation, ConversationInput, ToolCallStatus
-from rxagent.ops._step import BeforeHook, StepConfig, steps_of
-from rxagent.ops._until import run_loop
+from rxagent.ops._step import BeforeHook, StepConfig
+from rxagent.ops._until import run_steps
 from rxagent.output import OutputSpec
 from rxagent.policies import Policy, StopReason, max_steps, until_no_tool_calls
 from rxagent.providers.base import Provider
@@ -179,12 +179,8 @@ class Agent:
     ) -> Observable[AgentEvent]:
         """One run's events on ``conversation`` (cold, not multicast)."""
         config = self.config if cancel is None else dataclasses.replace(self.config, cancel=cancel)
-        events = run_loop(
-            steps_of(config),
-            self.policy,
-            conversation,
-            scheduler=self.scheduler,
-            interrupt=interrupt,
+        events = run_steps(
+            config, self.policy, conversation, scheduler=self.scheduler, interrupt=interrupt
         )
         return events if self.after is None else events.pipe(_after(self.after))
 
@@ -249,8 +245,25 @@ class _Latch(Observable[None]):
     """Fires once; an observer that subscribes after that hears it at once.
 
     A run's cancellation must not be lost when it happens between two steps (the
-    next step subscribes after it), so it is a latch, not a plain Subject.
+    next step subscribes after it), so it is a latch, not a plain Subject. Every
+    step of every run subscribes to one, so ``subscribe`` skips what
+    ``Observable.subscribe`` adds for arbitrary sources (auto-detaching observers,
+    the trampoline): a latch only ever calls ``on_next`` once, synchronously.
     """
+
+    def subscribe(
+        self,
+        on_next: abc.ObserverBase[None] | Callable[[None], None] | None = None,
+        on_error: Callable[[Exception], None] | None = None,
+        on_completed: Callable[[], None] | None = None,
+        *,
+        scheduler: abc.SchedulerBase | None = None,
+    ) -> abc.DisposableBase:
+        if on_next is None:
+            return Disposable()
+        if not callable(on_next):
+            return self._subscribe_core(on_next)
+        return self._subscribe_core(Observer(on_next))
 
     def __init__(self) -> None:
         super().__init__()
@@ -314,7 +327,7 @@ class Run(Observable[AgentEvent]):
         self._bind_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: list[AgentEvent] = []
-        self._folded: tuple[RunState, int] = (RunState(input), 0)
+        self._folded: tuple[RunState, int] = (_NOTHING_YET, 0)
         self._subscribers: list[_Subscriber] = []
         self._state = "idle"  # idle -> running -> done
         self._error: Exception | None = None
@@ -349,6 +362,8 @@ class Run(Observable[AgentEvent]):
         # Folded when asked, from where the last fold stopped: a run nobody asks
         # pays nothing for it.
         state, folded = self._folded
+        if state is _NOTHING_YET:
+            state = RunState(self._input)
         events = self._events
         if folded < len(events):
             for event in events[folded:]:
@@ -531,6 +546,9 @@ class Run(Observable[AgentEvent]):
         _check_alive(loop)
         future = asyncio.run_coroutine_threadsafe(collect_final(self), loop)
         return future.result(timeout)
+
+
+_NOTHING_YET = RunState()
 
 
 def _check_alive(loop: asyncio.AbstractEventLoop) -> None:

@@ -179,7 +179,7 @@ class Conversation(RootModel[list[Message]]):
     def of(cls, value: ConversationInput) -> Conversation:
         """A new conversation from text (one user message), messages, or dicts."""
         if isinstance(value, Conversation):
-            return cls(list(value.root))
+            return cls.of_messages(value.root)
         if isinstance(value, str):
             return cls([UserMessage(content=value)])
         if isinstance(value, Iterable):
@@ -188,6 +188,12 @@ class Conversation(RootModel[list[Message]]):
             "a run's input is a str, a Conversation, or a list of messages; "
             f"got {type(value).__name__}"
         )
+
+    @classmethod
+    def of_messages(cls, messages: Iterable[Message]) -> Conversation:
+        """A new conversation holding ``messages``, which are messages already (not
+        dicts): no validation, so it costs next to nothing, however long."""
+        return cls.model_construct(list(messages))
 
     @classmethod
     def from_openai(cls, messages: Iterable[Mapping[str, Any]]) -> Conversation:
@@ -236,7 +242,7 @@ class Conversation(RootModel[list[Message]]):
         self.root.extend(messages)
 
     def copy(self) -> Conversation:  # type: ignore[override]
-        return Conversation(list(self.root))
+        return Conversation.of_messages(self.root)
 
     def __add__(self, other: Iterable[Message]) -> Conversation:
         return Conversation([*self.root, *other])

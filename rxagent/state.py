@@ -320,7 +320,7 @@ class RunState:
     @property
     def conversation(self) -> Conversation:
         """The conversation as of the last completed step (a new, writable copy)."""
-        return Conversation(list(self.messages))
+        return Conversation.of_messages(self.messages)
 
     @property
     def rows(self) -> list[ToolCallState]:
@@ -339,7 +339,7 @@ class RunState:
 
     def to_run(self, stop: StopReason) -> AgentRun:
         """The ``AgentRun`` this state stands for, ended for ``stop``."""
-        conversation = Conversation(list(self.messages))
+        conversation = Conversation.of_messages(self.messages)
         return AgentRun(
             messages=conversation,
             steps=self.steps,
@@ -567,7 +567,7 @@ class RunState:
         self._set_call(known.evolve(**update))
 
     def _paused(self, event: Paused) -> None:
-        self.pending = tuple(Conversation(list(self.messages)).pending)
+        self.pending = tuple(Conversation.of_messages(self.messages).pending)
         reason = event.reason
         waiting: list[tuple[str, Literal["approval", "schedule"], float | None]] = [
             (i, "approval", None) for i in reason.awaiting_approval
@@ -682,6 +682,6 @@ def _applied(messages: tuple[Message, ...], outcome: StepOutcome) -> tuple[Messa
 def _has_open_turn(messages: tuple[Message, ...]) -> bool:
     """Whether the last assistant turn waits on decisions (a step on it resumes it)."""
     try:
-        return Conversation(list(messages)).open_turn() is not None
+        return Conversation.of_messages(messages).open_turn() is not None
     except ApprovalError:
         return False  # the step fails on it at once

@@ -317,7 +317,7 @@ class _Step:
         self.reasoning: list[str] = []
         self.structured: list[Any] = []
         self.snapshot: Any = _NOTHING
-        self.usage = Usage()
+        self.usage = _NO_USAGE
         #: The paused turn this step resumes, if any.
         self.resumed: OpenTurn | None = None
         #: The calls the model made in this step's turn.
@@ -330,7 +330,9 @@ class _Step:
         self.finish_reason: str | None = None
         #: Provider call ids -> the ids the calls get (unique in the conversation).
         self.open_ids: dict[str, str] = {}
-        self.calls_subject: Subject[ToolCall] = Subject()
+        #: The turn's calls, into the fan-out; made with the first call (most turns of a
+        #: run have none, and a fan-out costs five subscriptions).
+        self.calls_subject: Subject[ToolCall] | None = None
         self.disposables = CompositeDisposable()
         self.started_at = time.time()
         self.streamed_at = 0.0
@@ -416,7 +418,6 @@ class _Step:
     def _turn(self) -> None:
         """The provider turn: stream the answer, run its calls as they come."""
         self.turn_began = True
-        self._run_tools(self.calls_subject, self._on_tools_done)
         messages = list(self.conversation)
         if self.resumed is not None:
             messages[self.resumed.index :] = self._resumed_messages()
@@ -545,6 +546,9 @@ class _Step:
             id=call_id, name=ready.name, arguments=ready.arguments, status=ToolCallStatus.PENDING
         )
         self.calls.append(call)
+        if self.calls_subject is None:
+            self.calls_subject = Subject()
+            self._run_tools(self.calls_subject, self._on_tools_done)
         self.calls_subject.on_next(call)
 
     @_guarded
@@ -553,7 +557,10 @@ class _Step:
             return
         self.streamed_at = time.time()
         self.phase = StepPhase.FINISHING
-        self.calls_subject.on_completed()  # the calls re-join; then _on_tools_done
+        if self.calls_subject is None:
+            self._finish()  # no calls: nothing to wait for
+        else:
+            self.calls_subject.on_completed()  # the calls re-join; then _on_tools_done
 
     @_guarded
     def _on_provider_error(self, error: Exception) -> None:
@@ -794,6 +801,7 @@ class _Step:
 
 
 _STOPPED = (StepPhase.CANCELLED, StepPhase.FAILED)
+_NO_USAGE = Usage()
 _OVER = frozenset({StepPhase.COMPLETED, StepPhase.CANCELLED, StepPhase.FAILED})
 
 
