@@ -310,6 +310,17 @@ class Run(Observable[AgentEvent]):
     ``stop`` is ``cancelled`` and whose conversation still validates. A
     cancellation between two steps stops the run before the next provider call.
 
+    Why not RxPY's ``replay()``/``ref_count()``: ``ReplaySubject`` stamps every item
+    with its scheduler's time and trims by it, and delivers through a
+    ``ScheduledObserver`` per subscriber; measured, 59 us per event for two
+    observers, against about 1 us here, in a library whose whole cost per streamed
+    token is a few microseconds. It also lets an observer's exception escape into
+    the source, and ``ref_count`` disposes (a hard stop) where a run must cancel
+    (ending with ``RunCompleted(stop="cancelled")`` and a valid conversation). So
+    ``Run`` keeps its own small multicast: a replay list, a serialised delivery
+    loop (re-entrant emissions wait their turn), observer isolation, and
+    cancellation when the last subscriber leaves.
+
     ``await ra.collect_final(run)`` gives the :class:`~rxagent.events.AgentRun`
     (a plain ``await run`` gives the last event, as for any Observable);
     ``async for event in run`` iterates the events; ``run.result()`` blocks

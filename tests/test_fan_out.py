@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
+import threading
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import Field
 from reactivex import Observable
+from reactivex.testing import TestScheduler
 
 import rxagent as ra
 from rxagent import ops
@@ -173,19 +174,43 @@ async def test_an_unknown_tool_never_runs_and_never_starts() -> None:
 
 
 async def test_agent_wide_tool_timeout_applies_to_tools_without_their_own() -> None:
+    # Virtual time: the timeouts' clock is a TestScheduler the test advances.
+    clock = TestScheduler()
+    release = threading.Event()
+    started = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
     @ra.tool
     def slow_sync() -> str:
-        """Sleeps in its thread."""
-        time.sleep(3)
+        """Blocks its thread until released."""
+        loop.call_soon_threadsafe(started.set)
+        release.wait(10)
         return "late"
 
-    provider = ra.ScriptedProvider([[s.call("slow_sync")], ["ok"]])
-    run = ra.Agent(provider, tools=[slow_sync], tool_timeout=0.05).run("go")
-    started = time.monotonic()
-    await ra.collect_final(run)
-    assert time.monotonic() - started < 2  # the run did not wait for the thread
-    (end,) = [e for e in run.events if isinstance(e, ToolCallEnded)]
-    assert end.error == "tool 'slow_sync' timed out after 0.05s"
+    @ra.tool(timeout=90)
+    async def patient() -> str:
+        """Has a timeout of its own, longer than the agent's."""
+        await asyncio.Event().wait()
+        return "never"
+
+    provider = ra.ScriptedProvider([[s.call("slow_sync"), s.call("patient")], ["ok"]])
+    agent = ra.Agent(provider, tools=[slow_sync, patient], tool_timeout=30, scheduler=clock)
+    run = agent.run("go")
+    result_task = asyncio.ensure_future(ra.collect_final(run))
+    await asyncio.wait_for(started.wait(), 5)
+    clock.advance_by(29.9)
+    assert not [e for e in run.events if isinstance(e, ToolCallEnded)]
+    clock.advance_by(0.2)  # 30 s: the agent-wide timeout; the tool's own 90 s still runs
+    clock.advance_by(60)  # 90 s
+    result = await asyncio.wait_for(result_task, 5)
+    assert not release.is_set()  # the run did not wait for the blocked thread
+    release.set()
+    ends = [e.error for e in run.events if isinstance(e, ToolCallEnded)]
+    assert ends == [
+        "tool 'slow_sync' timed out after 30s",
+        "tool 'patient' timed out after 90s",
+    ]
+    assert result.text == "ok" and ra.validate_conversation(result.messages) == []
 
 
 async def test_a_tool_that_raises_a_tool_error_keeps_its_message() -> None:

@@ -88,7 +88,7 @@ def fan_out_tools(
 
     def run_call(call: ToolCall, index: int) -> Observable[_Item]:
         def subscribe(
-            observer: abc.ObserverBase[_Item], scheduler: abc.SchedulerBase | None = None
+            observer: abc.ObserverBase[_Item], _: abc.SchedulerBase | None = None
         ) -> abc.DisposableBase:
             def ended(
                 output: Any = None,
@@ -184,7 +184,7 @@ def fan_out_tools(
 
     def operator(source: Observable[ToolCall]) -> Observable[AgentEvent]:
         def subscribe(
-            observer: abc.ObserverBase[AgentEvent], scheduler: abc.SchedulerBase | None = None
+            observer: abc.ObserverBase[AgentEvent], default: abc.SchedulerBase | None = None
         ) -> abc.DisposableBase:
             # Ends (and pendings, which end a call's part in this step) by call index.
             ends: dict[int, ToolCallEnded | ToolCallPending] = {}
@@ -237,7 +237,7 @@ def fan_out_tools(
                     observer.on_completed()
 
             subscription.disposable = source.pipe(rx_ops.map_indexed(run_call), merge).subscribe(
-                on_next, on_error, on_completed, scheduler=scheduler
+                on_next, on_error, on_completed, scheduler=default
             )
             return subscription
 
