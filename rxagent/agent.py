@@ -13,11 +13,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mappi
 from concurrent.futures import Executor
 from typing import Any
 
-from reactivex import Observable, Observer, abc
+from reactivex import Observable, abc
 from reactivex import operators as rx_ops
 from reactivex.disposable import Disposable
 
 from rxagent.aio import (
+    DirectObservable,
     call_on,
     current_loop,
     from_async_iterable,
@@ -241,29 +242,13 @@ class _Subscriber:
         self.active = True
 
 
-class _Latch(Observable[None]):
+class _Latch(DirectObservable[None]):
     """Fires once; an observer that subscribes after that hears it at once.
 
     A run's cancellation must not be lost when it happens between two steps (the
     next step subscribes after it), so it is a latch, not a plain Subject. Every
-    step of every run subscribes to one, so ``subscribe`` skips what
-    ``Observable.subscribe`` adds for arbitrary sources (auto-detaching observers,
-    the trampoline): a latch only ever calls ``on_next`` once, synchronously.
+    step of every run subscribes to one, directly (see ``DirectObservable``).
     """
-
-    def subscribe(
-        self,
-        on_next: abc.ObserverBase[None] | Callable[[None], None] | None = None,
-        on_error: Callable[[Exception], None] | None = None,
-        on_completed: Callable[[], None] | None = None,
-        *,
-        scheduler: abc.SchedulerBase | None = None,
-    ) -> abc.DisposableBase:
-        if on_next is None:
-            return Disposable()
-        if not callable(on_next):
-            return self._subscribe_core(on_next)
-        return self._subscribe_core(Observer(on_next))
 
     def __init__(self) -> None:
         super().__init__()
@@ -292,7 +277,7 @@ class _Latch(Observable[None]):
         return Disposable(dispose)
 
 
-class Run(Observable[AgentEvent]):
+class Run(DirectObservable[AgentEvent]):
     """One agent run: an Observable of its events, shared by every observer.
 
     The run starts when first subscribed and makes one provider call per step

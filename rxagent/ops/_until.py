@@ -10,7 +10,7 @@ from reactivex import operators as rx_ops
 from reactivex.disposable import Disposable, SingleAssignmentDisposable
 from reactivex.subject import Subject
 
-from rxagent.aio import loop_scheduler
+from rxagent.aio import DirectObservable, loop_scheduler
 from rxagent.errors import AgentError
 from rxagent.events import (
     AgentEvent,
@@ -316,7 +316,7 @@ def run_steps(
         steps.advance()
         return Disposable(steps.dispose)
 
-    return Observable(subscribe)
+    return DirectObservable(subscribe)
 
 
 class _Steps(abc.ObserverBase[AgentEvent]):
