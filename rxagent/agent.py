@@ -28,6 +28,7 @@ from rxagent.aio import (
 from rxagent.errors import AgentError, ApprovalError, ToolArgumentsError
 from rxagent.events import AgentEvent, AgentRun, RunCompleted, RunStarted
 from rxagent.messages import Conversation, ConversationInput, ToolCallStatus
+from rxagent.ops._fan_out import ToolContext
 from rxagent.ops._step import BeforeHook, StepConfig
 from rxagent.ops._until import run_steps
 from rxagent.output import OutputSpec
@@ -68,6 +69,11 @@ class Agent:
     back to the model with the errors, up to ``output_retries`` times (each an
     ``OutputRetry`` event); past that the run fails with ``OutputValidationError``.
 
+    ``tool_context(call)`` (a function returning a context manager) is entered
+    around starting each tool call, so the context variables it sets reach the tool,
+    in its task or its worker thread: how tracing (``rxagent.otel``) makes a tool's
+    own spans children of its ``execute_tool`` span.
+
     ``before(messages)`` may rewrite the messages of each provider request (trim,
     inject context) and ``after(run)`` sees each finished run (log, store); both
     are plain functions or coroutine functions. ``before`` changes what is sent,
@@ -93,6 +99,7 @@ class Agent:
         after: AfterHook | None = None,
         name: str | None = None,
         scheduler: abc.SchedulerBase | None = None,
+        tool_context: ToolContext | None = None,
     ) -> None:
         #: The agent's name (for sub-agents, handoffs and logs); ``None`` when unnamed.
         self.name = name
@@ -111,6 +118,7 @@ class Agent:
             ),
             before=before,
             scheduler=scheduler,
+            tool_context=tool_context,
         )
         self.policy = policy or DEFAULT_POLICY
         self.after = after

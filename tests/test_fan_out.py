@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import json
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
 
 import pytest
@@ -338,3 +340,35 @@ async def test_empty_or_reused_provider_call_ids_are_renamed_everywhere() -> Non
     assert len(ids) == len(set(ids)) == 4 and ids[:2] == ["x", "dup"]
     assert [e.output for e in run.events if isinstance(e, ToolCallEnded)] == [1, 2, 3, 4]
     assert ra.validate_conversation(result.messages) == []
+
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="none")
+
+
+async def test_tool_context_reaches_async_tools_and_sync_tools_in_threads() -> None:
+    @contextlib.contextmanager
+    def tagged(call: ra.ToolCall) -> Iterator[None]:
+        token = REQUEST_ID.set(f"req-{call.id}")
+        try:
+            yield
+        finally:
+            REQUEST_ID.reset(token)
+
+    @ra.tool
+    async def in_task() -> str:
+        """Reads the context in its task."""
+        return REQUEST_ID.get()
+
+    @ra.tool
+    def in_thread() -> str:
+        """Reads the context in its worker thread."""
+        return f"{REQUEST_ID.get()} on {threading.current_thread().name.split('_')[0]}"
+
+    provider = ra.ScriptedProvider(
+        [[s.call("in_task", id="a"), s.call("in_thread", id="b")], ["ok"]]
+    )
+    run = ra.Agent(provider, tools=[in_task, in_thread], tool_context=tagged).run("go")
+    await ra.collect_final(run)
+    outputs = [e.output for e in run.events if isinstance(e, ToolCallEnded)]
+    assert outputs == ["req-a", "req-b on rxagent-tool"]
+    assert REQUEST_ID.get() == "none"  # entered around each start, and left

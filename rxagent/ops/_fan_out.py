@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
+from contextlib import AbstractContextManager
 from typing import Any, TypeAlias, TypeVar
 
 from reactivex import Observable, abc
@@ -30,9 +31,12 @@ from rxagent.events import (
 from rxagent.messages import ToolCall, ToolCallStatus
 from rxagent.tools import JoinPolicy, ToolRegistry, ToolsInput, jsonable
 
-__all__ = ["fan_out_tools", "within"]
+__all__ = ["ToolContext", "fan_out_tools", "within"]
 
 _T = TypeVar("_T")
+
+#: Entered around starting each tool call: ``tool_context(call)`` is a context manager.
+ToolContext: TypeAlias = Callable[[ToolCall], AbstractContextManager[Any]]
 
 # (call index, event, the error when the event is a failed ToolCallEnded)
 _Item: TypeAlias = tuple[int, AgentEvent, ToolError | None]
@@ -47,6 +51,7 @@ def fan_out_tools(
     timeout: float | None = None,
     executor: Executor | None = None,
     scheduler: abc.SchedulerBase | None = None,
+    tool_context: ToolContext | None = None,
 ) -> Callable[[Observable[ToolCall]], Observable[AgentEvent]]:
     """Run each incoming tool call, at most ``max_concurrent`` at a time.
 
@@ -76,6 +81,9 @@ def fan_out_tools(
     ``timeout`` (seconds) applies to tools that have none of their own; the
     timeouts run on ``scheduler`` (default: the asyncio event loop's clock), so a
     test can drive them in virtual time (``reactivex.testing.TestScheduler``).
+    ``tool_context(call)``, where given, is entered around starting each call (its
+    task is made inside it, and a sync tool's thread runs in a copy of that task's
+    context), so context variables it sets, a tracing span say, reach the tool.
     """
     if max_concurrent is not None and max_concurrent < 1:
         raise ValueError(f"max_concurrent must be None or at least 1, got {max_concurrent}")
@@ -178,7 +186,10 @@ def fan_out_tools(
                         scheduler,
                     )
                 )
-            return items.subscribe(on_item, on_error)
+            if tool_context is None:
+                return items.subscribe(on_item, on_error)
+            with tool_context(call):
+                return items.subscribe(on_item, on_error)
 
         return Observable(subscribe)
 

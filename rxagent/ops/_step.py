@@ -47,7 +47,7 @@ from rxagent.messages import (
     ToolMessage,
     Usage,
 )
-from rxagent.ops._fan_out import fan_out_tools
+from rxagent.ops._fan_out import ToolContext, fan_out_tools
 from rxagent.output import _NOTHING, OutputInvalid, OutputSpec, grows
 from rxagent.policies import PauseReason, StepOutcome, StopReason
 from rxagent.providers.base import Finish, Provider, ProviderChunk, ProviderRequest, ToolCallReady
@@ -86,6 +86,8 @@ class StepConfig:
     before: BeforeHook | None = None
     #: The clock of tool timeouts (``None``: the asyncio event loop's).
     scheduler: abc.SchedulerBase | None = None
+    #: Entered around starting each tool call (see :func:`fan_out_tools`).
+    tool_context: ToolContext | None = None
 
     @classmethod
     def make(
@@ -103,6 +105,7 @@ class StepConfig:
         output: OutputSpec | None = None,
         before: BeforeHook | None = None,
         scheduler: abc.SchedulerBase | None = None,
+        tool_context: ToolContext | None = None,
     ) -> StepConfig:
         """A checked config (a bad value is an error here, not in the middle of a run)."""
         if not callable(getattr(provider, "stream", None)):
@@ -129,6 +132,7 @@ class StepConfig:
             output=output,
             before=before,
             scheduler=scheduler,
+            tool_context=tool_context,
         )
 
 
@@ -377,6 +381,7 @@ class _Step:
                 timeout=config.tool_timeout,
                 executor=config.executor,
                 scheduler=config.scheduler,
+                tool_context=config.tool_context,
             )
         )
         self.disposables.add(fan.subscribe(self._on_tool_event, self._fail, on_done))
