@@ -35,7 +35,8 @@ from rxagent.output import OutputSpec
 from rxagent.policies import Policy, StopReason, max_steps, until_no_tool_calls
 from rxagent.providers.base import Provider
 from rxagent.state import RunState
-from rxagent.tools import JoinPolicy, ToolRegistry, ToolsInput
+from rxagent.subagents import agent_tool
+from rxagent.tools import JoinPolicy, Tool, ToolRegistry, ToolsInput
 
 __all__ = ["DEFAULT_POLICY", "AfterHook", "Agent", "Run", "collect_final"]
 
@@ -158,6 +159,18 @@ class Agent:
     def before(self) -> BeforeHook | None:
         return self.config.before
 
+    def as_tool(self, name: str | None = None, description: str | None = None) -> Tool[..., Any]:
+        """This agent as a tool another agent calls with ``input`` (a task, a question).
+
+        The sub-run's events reach the caller's stream as they happen, each as a
+        ``ToolProgress`` whose ``event`` is the nested event (``depth`` says how deep);
+        its final text, or structured output, is the tool's output; its tokens count
+        in the caller's usage and budgets; cancelling either run cancels the other. A
+        sub-agent that pauses for approval is refused with a clear error (see
+        :func:`rxagent.subagents.agent_tool`). ``name`` defaults to the agent's name.
+        """
+        return agent_tool(self, name=name, description=description)
+
     def __repr__(self) -> str:
         label = f" {self.name!r}" if self.name else ""
         return f"<Agent{label} on {self.provider!r} with {len(self.tools)} tool(s)>"
@@ -189,7 +202,12 @@ class Agent:
         """One run's events on ``conversation`` (cold, not multicast)."""
         config = self.config if cancel is None else dataclasses.replace(self.config, cancel=cancel)
         events = run_steps(
-            config, self.policy, conversation, scheduler=self.scheduler, interrupt=interrupt
+            config,
+            self.policy,
+            conversation,
+            scheduler=self.scheduler,
+            interrupt=interrupt,
+            agent=self.name,
         )
         return events if self.after is None else events.pipe(_after(self.after))
 

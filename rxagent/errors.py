@@ -20,6 +20,7 @@ __all__ = [
     "OutputValidationError",
     "ProviderError",
     "ToolArgumentsError",
+    "ToolCancelled",
     "ToolError",
     "ToolExecutionError",
     "ToolTimeoutError",
@@ -88,6 +89,11 @@ class ToolError(AgentError):
         super().__init__(message, partial=partial)
         self.call_id = call_id
         self.tool_name = tool_name
+
+
+class ToolCancelled(ToolError):
+    """The call was cancelled from its other side (a sub-agent's run was cancelled);
+    the step, and the run, are cancelled with it."""
 
 
 class UnknownToolError(ToolError):

@@ -20,6 +20,7 @@ from rxagent.policies import PauseReason, StepOutcome, StopReason
 __all__ = [
     "AgentEvent",
     "AgentRun",
+    "Handoff",
     "Paused",
     "ReasoningDelta",
     "RunCompleted",
@@ -90,6 +91,20 @@ class RunStarted(_Event):
 
     type: Literal["run_started"] = "run_started"
     input: Conversation = Field(default_factory=Conversation)
+    #: The name of the agent running (``Agent(name=...)``), where it has one.
+    agent: str | None = None
+    at: float = Field(default_factory=_now)
+
+
+class Handoff(_Event):
+    """The run goes on with another agent (its provider, tools and instructions), the
+    model having called a handoff tool (``ra.handoff(agent)``); the run's policy and
+    budgets go on counting across agents."""
+
+    type: Literal["handoff"] = "handoff"
+    from_agent: str | None
+    to_agent: str
+    call_id: str
     at: float = Field(default_factory=_now)
 
 
@@ -134,11 +149,27 @@ class ToolCallStarted(_Event):
 
 
 class ToolProgress(_Event):
-    """An item a streaming tool produced before its result."""
+    """An item a streaming tool produced before its result.
+
+    For a tool that is an agent (``agent.as_tool()``), each event of the sub-agent's
+    run arrives as it happens in ``event`` (``data`` is then ``None``), and ``depth``
+    says how deep the innermost event is: 1 for the sub-agent's own events, 2 for
+    its sub-agent's, ... (0 for a plain tool's progress).
+    """
 
     type: Literal["tool_progress"] = "tool_progress"
     call_id: str
-    data: Any
+    data: Any = None
+    event: AgentEvent | None = None
+    depth: int = 0
+
+    @property
+    def innermost(self) -> AgentEvent | None:
+        """The sub-agent event this progress carries, unwrapped from every level."""
+        event = self.event
+        while isinstance(event, ToolProgress) and event.event is not None:
+            event = event.event
+        return event
 
 
 class ToolCallPending(_Event):
@@ -243,6 +274,7 @@ class RunFailed(_Event):
 AgentEvent: TypeAlias = Annotated[
     RunStarted
     | StepStarted
+    | Handoff
     | TextDelta
     | ReasoningDelta
     | ToolArgsDelta
@@ -260,6 +292,8 @@ AgentEvent: TypeAlias = Annotated[
     | RunFailed,
     Field(discriminator="type"),
 ]
+
+ToolProgress.model_rebuild()
 
 _adapter: TypeAdapter[AgentEvent] = TypeAdapter(AgentEvent)
 

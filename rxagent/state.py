@@ -31,6 +31,7 @@ from rxagent.errors import ApprovalError
 from rxagent.events import (
     AgentEvent,
     AgentRun,
+    Handoff,
     Paused,
     ReasoningDelta,
     RunCompleted,
@@ -140,6 +141,9 @@ class ToolCallState:
     error: str | None = None
     progress: int = 0
     last_progress: Any = None
+    #: For a call to a sub-agent (``agent.as_tool()``): its run, folded from the nested
+    #: events as they arrive (its own calls carry their sub-agents' runs, and so on).
+    nested: RunState | None = None
 
     def evolve(self, **changes: Any) -> ToolCallState:
         """A copy with ``changes`` (as ``dataclasses.replace``, several times faster)."""
@@ -203,6 +207,8 @@ class RunState:
 
     #: Where the run is.
     status: RunStatus
+    #: The agent running (its name, where it has one; a handoff changes it).
+    agent: str | None
     #: The step under way, or the last one (0 before the first).
     step: int
     #: The phase of that step (``None`` before the first step).
@@ -250,6 +256,7 @@ class RunState:
     def __init__(self, input: ConversationInput = ()) -> None:
         messages = tuple(Conversation.of(input)) if input else ()
         self.status = RunStatus.QUEUED
+        self.agent = None
         self.step = 0
         self.phase = None
         self.steps = 0
@@ -412,7 +419,12 @@ class RunState:
     # Each handler changes ``self``, a fresh copy nobody else holds yet.
     def _run_started(self, event: RunStarted) -> None:
         self.input = self.messages = tuple(event.input)
-        self.started_at = event.at
+        self.agent = event.agent
+        if self.started_at is None:
+            self.started_at = event.at
+
+    def _handoff(self, event: Handoff) -> None:
+        self.agent = event.to_agent
 
     def _step_started(self, event: StepStarted) -> None:
         if self.started_at is None:
@@ -472,6 +484,9 @@ class RunState:
         )
 
     def _progress(self, event: ToolProgress) -> None:
+        inner = event.innermost
+        if isinstance(inner, UsageDelta):  # a sub-agent's tokens roll up into this run's
+            self._usage_delta(inner)
         call = self.calls.get(event.call_id)
         if call is not None:
             self._set_call(call.evolve(progress=call.progress + 1, last_progress=event.data))
@@ -647,6 +662,7 @@ _STATUS_OF_STOP = {
 
 _HANDLERS: dict[type[Any], Any] = {
     RunStarted: RunState._run_started,
+    Handoff: RunState._handoff,
     StepStarted: RunState._step_started,
     ReasoningDelta: RunState._reasoning_delta,
     ToolArgsDelta: RunState._args_delta,

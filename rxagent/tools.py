@@ -40,6 +40,7 @@ from reactivex import Observable
 from rxagent.aio import to_async_iterable
 from rxagent.approval import EXECUTE, ApprovalRequest, Decision, Strategy, as_strategy
 from rxagent.errors import ToolArgumentsError, UnknownToolError
+from rxagent.events import _Event
 
 __all__ = [
     "BoundCall",
@@ -234,6 +235,11 @@ class Tool(Generic[P, R]):
 async def _last_is_result(items: AsyncIterator[Any]) -> AsyncIterator[tuple[bool, Any]]:
     previous = _MISSING
     async for item in items:
+        if isinstance(item, _Event):
+            # An agent event (a sub-agent's) is always progress, never the result: it
+            # goes on at once rather than one item late.
+            yield False, item
+            continue
         if previous is not _MISSING:
             yield False, previous
         previous = item

@@ -16,6 +16,7 @@ from rxagent.aio import from_async_iterable, loop_scheduler
 from rxagent.approval import EXECUTE
 from rxagent.errors import (
     AgentError,
+    ToolCancelled,
     ToolError,
     ToolExecutionError,
     ToolsFailed,
@@ -27,6 +28,7 @@ from rxagent.events import (
     ToolCallPending,
     ToolCallStarted,
     ToolProgress,
+    _Event,
 )
 from rxagent.messages import ToolCall, ToolCallStatus
 from rxagent.tools import JoinPolicy, ToolRegistry, ToolsInput, jsonable
@@ -112,8 +114,11 @@ def fan_out_tools(
                     status=status
                     or (ToolCallStatus.COMPLETED if error is None else ToolCallStatus.FAILED),
                 )
-                # A refusal is the call's answer, not a failure of the step.
-                failure = None if status is ToolCallStatus.REJECTED else error
+                # A refusal is the call's answer, not a failure of the step (nor is a
+                # cancellation: the step is cancelled).
+                failure = (
+                    None if status in (ToolCallStatus.REJECTED, ToolCallStatus.CANCELLED) else error
+                )
                 observer.on_next((index, event, failure))
                 observer.on_completed()
 
@@ -165,12 +170,28 @@ def fan_out_tools(
                 final, value = item
                 if final:
                     ended(output=jsonable(value))
+                elif isinstance(value, _Event):
+                    # A sub-agent's event (agent.as_tool()): nested, typed, as it happens.
+                    inner = value.depth if type(value) is ToolProgress and value.event else 0
+                    progress = ToolProgress(
+                        step=step,
+                        call_id=call.id,
+                        event=value,  # type: ignore[arg-type]  # an _Event is an AgentEvent
+                        depth=inner + 1,
+                    )
+                    observer.on_next((index, progress, None))
                 else:
                     progress = ToolProgress(step=step, call_id=call.id, data=jsonable(value))
                     observer.on_next((index, progress, None))
 
             def on_error(error: Exception) -> None:
-                ended(error=_as_tool_error(error, call))
+                failure = _as_tool_error(error, call)
+                if isinstance(failure, ToolCancelled):
+                    # The other side of the call was cancelled (a sub-agent's run):
+                    # the step is cancelled with it.
+                    ended(error=failure, status=ToolCallStatus.CANCELLED)
+                else:
+                    ended(error=failure)
 
             items = from_async_iterable(lambda: bound.tool.stream(bound.kwargs, executor=executor))
             limit = bound.tool.timeout or timeout

@@ -33,6 +33,7 @@ from rxagent.events import (
     ToolCallEnded,
     ToolCallPending,
     ToolCallStarted,
+    ToolProgress,
     UsageDelta,
 )
 from rxagent.messages import (
@@ -332,6 +333,8 @@ class _Step:
         self.ended: dict[str, ToolCallEnded] = {}
         self.pending: dict[str, ToolCallPending] = {}
         self.finish_reason: str | None = None
+        #: (agent name, call id) of the first handoff call that ended well.
+        self.handoff: tuple[str, str] | None = None
         #: Provider call ids -> the ids the calls get (unique in the conversation).
         self.open_ids: dict[str, str] = {}
         #: The turn's calls, into the fan-out; made with the first call (most turns of a
@@ -579,8 +582,23 @@ class _Step:
     def _on_tool_event(self, event: AgentEvent) -> None:
         if self.over:
             return
-        if isinstance(event, ToolCallEnded):
+        if isinstance(event, ToolProgress):
+            inner = event.innermost
+            if isinstance(inner, UsageDelta):
+                # A sub-agent's tokens count as this step's: usage and budgets roll up.
+                self.usage = self.usage + Usage(
+                    prompt_tokens=inner.prompt_tokens, completion_tokens=inner.completion_tokens
+                )
+        elif isinstance(event, ToolCallEnded):
             self.ended[event.call_id] = event
+            if event.status is ToolCallStatus.CANCELLED:
+                self.observer.on_next(event)
+                self._cancel()  # its other side was cancelled: so is the step
+                return
+            if event.error is None and self.handoff is None:
+                target = getattr(self.config.registry.get(event.name), "handoff_agent", None)
+                if target is not None:
+                    self.handoff = (str(target.name), event.call_id)
         elif isinstance(event, ToolCallStarted):
             self.started.append(event.call_id)
         elif isinstance(event, ToolCallPending):
@@ -731,6 +749,8 @@ class _Step:
             started_at=self.started_at,
             streamed_at=self.streamed_at,
             ended_at=now,
+            handoff=None if cancelled or self.handoff is None else self.handoff[0],
+            handoff_call=None if cancelled or self.handoff is None else self.handoff[1],
         )
 
     def _resumed_messages(self) -> list[Message]:
