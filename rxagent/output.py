@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import from_json, to_jsonable_python
 
+from rxagent._text import sendable_data
 from rxagent.messages import UserMessage
 
 __all__ = ["OutputInvalid", "OutputSpec"]
@@ -122,7 +123,12 @@ class OutputSpec:
         return self.validate_data(data, unwrap=True)
 
     def validate_data(self, data: Any, *, unwrap: bool = False) -> tuple[Any, Any]:
-        """Validate JSON data (``unwrap``: it is the wire form, maybe ``{"result": ...}``)."""
+        """Validate JSON data (``unwrap``: it is the wire form, maybe ``{"result": ...}``).
+
+        Text in it is made sendable first (lone surrogates become U+FFFD), as
+        everywhere text enters a conversation.
+        """
+        data = sendable_data(data)
         if unwrap and self.wrapped:
             if not isinstance(data, dict) or "result" not in data:
                 raise OutputInvalid('the answer must be an object with a "result" field')

@@ -18,6 +18,7 @@ from rxagent.errors import (
     AgentError,
     ToolError,
     ToolExecutionError,
+    ToolOutputError,
     ToolsFailed,
     ToolTimeoutError,
 )
@@ -29,7 +30,7 @@ from rxagent.events import (
     ToolProgress,
 )
 from rxagent.messages import ToolCall, ToolCallStatus
-from rxagent.tools import JoinPolicy, ToolRegistry, ToolsInput, jsonable
+from rxagent.tools import JoinPolicy, ToolRegistry, ToolsInput, tool_output
 
 __all__ = ["ToolContext", "fan_out_tools", "within"]
 
@@ -122,16 +123,17 @@ def fan_out_tools(
                 return Disposable()
             try:
                 bound = registry.bind(call.id, call.name, call.arguments)
+            except ToolError as error:
+                ended(error=error)
+                return Disposable()
+            try:
                 decision = (
                     EXECUTE
                     if call.status is ToolCallStatus.APPROVED
                     else registry.decide(call.id, bound)
                 )
-            except ToolError as error:
-                ended(error=error)
-                return Disposable()
-            except Exception as error:  # the approval strategy itself raised
-                ended(error=_as_tool_error(error, call))
+            except Exception as error:  # the tool never ran: its approval strategy failed
+                ended(error=_strategy_error(error, call))
                 return Disposable()
             if decision.kind == "reject":
                 ended(error=_refusal(call, decision.reason), status=ToolCallStatus.REJECTED)
@@ -163,11 +165,17 @@ def fan_out_tools(
 
             def on_item(item: tuple[bool, Any]) -> None:
                 final, value = item
+                try:
+                    data = tool_output(value, call.name, call.id, progress=not final)
+                except ToolOutputError as error:
+                    ended(error=error)  # ends the call (and stops a tool still streaming)
+                    return
                 if final:
-                    ended(output=jsonable(value))
+                    ended(output=data)
                 else:
-                    progress = ToolProgress(step=step, call_id=call.id, data=jsonable(value))
-                    observer.on_next((index, progress, None))
+                    observer.on_next(
+                        (index, ToolProgress(step=step, call_id=call.id, data=data), None)
+                    )
 
             def on_error(error: Exception) -> None:
                 ended(error=_as_tool_error(error, call))
@@ -321,6 +329,17 @@ def _refusal(call: ToolCall, reason: str | None) -> ToolError:
     return ToolError(
         f"Rejected: {reason or 'the call was not approved.'}", call_id=call.id, tool_name=call.name
     )
+
+
+def _strategy_error(error: Exception, call: ToolCall) -> ToolError:
+    wrapped = ToolError(
+        f"the approval strategy of tool {call.name!r} raised {type(error).__name__}"
+        + (f": {error}" if str(error) else ""),
+        call_id=call.id,
+        tool_name=call.name,
+    )
+    wrapped.__cause__ = error
+    return wrapped
 
 
 def _as_tool_error(error: Exception, call: ToolCall) -> ToolError:
