@@ -556,7 +556,10 @@ class Run(DirectObservable[AgentEvent]):
         return last
 
     def result(self, timeout: float | None = None) -> AgentRun:
-        """Block until the run ends and return it; not from the run's own event loop."""
+        """Block until the run ends and return it; not from the run's own event loop.
+
+        As with :func:`collect_final`, its ``messages`` are your own copy.
+        """
         if self._state == "done":
             return _final_of(self._events, self._error)
         loop = self._bind()
@@ -586,7 +589,7 @@ def _final_of(events: list[AgentEvent], error: Exception | None) -> AgentRun:
         raise error
     for event in reversed(events):
         if type(event) is RunCompleted:
-            return event.run
+            return event.run.editable()
     raise AgentError("the stream ended without a RunCompleted event")
 
 
@@ -595,6 +598,10 @@ async def collect_final(source: Observable[AgentEvent]) -> AgentRun:
 
     A failed run raises its ``AgentError`` (with ``partial`` set). Cancelling
     the awaiting task disposes the subscription.
+
+    The result's ``messages`` are a writable copy of the run's conversation, yours
+    to approve, reject or extend and run again; the run's own record (its
+    ``RunCompleted`` event, what a late subscriber replays) never changes.
     """
     loop = asyncio.get_running_loop()
     future: asyncio.Future[AgentRun] = loop.create_future()
@@ -610,7 +617,7 @@ async def collect_final(source: Observable[AgentEvent]) -> AgentRun:
         if error is not None:
             future.set_exception(error)
         elif final:
-            future.set_result(final[-1])
+            future.set_result(final[-1].editable())
         else:
             future.set_exception(AgentError("the stream ended without a RunCompleted event"))
 

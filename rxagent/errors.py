@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from rxagent._text import sendable
+
 if TYPE_CHECKING:
     from rxagent.events import AgentRun
 
@@ -23,6 +25,7 @@ __all__ = [
     "ToolCancelled",
     "ToolError",
     "ToolExecutionError",
+    "ToolOutputError",
     "ToolTimeoutError",
     "ToolsFailed",
     "UnknownToolError",
@@ -30,17 +33,24 @@ __all__ = [
 
 
 class AgentError(Exception):
-    """Base of every error a run reports; ``partial`` is the run so far."""
+    """Base of every error a run reports; ``partial`` is the run so far.
+
+    The message is made sendable (a lone surrogate, as in a file name quoted from
+    ``os.listdir``, becomes U+FFFD): it may reach the model as a tool message, and
+    observers as JSON.
+    """
 
     def __init__(self, message: str, *, partial: AgentRun | None = None) -> None:
+        message = sendable(message)
         super().__init__(message)
         self.message = message
         self.partial: AgentRun | None = partial
 
 
 class ApprovalError(AgentError, ValueError):
-    """A human-in-the-loop misuse: approving an unknown or already decided call, edited
-    arguments that do not fit, resuming a conversation that cannot be resumed."""
+    """A human-in-the-loop misuse: deciding on an unknown call or one that already ran, or
+    on a run's read-only record; edited arguments that do not fit; resuming a
+    conversation that cannot be resumed."""
 
 
 class OutputValidationError(AgentError):
@@ -101,11 +111,18 @@ class UnknownToolError(ToolError):
 
 
 class ToolArgumentsError(ToolError):
-    """A call's arguments are not JSON, or do not fit the tool's schema."""
+    """A call's arguments are not JSON (or are nested too deeply to read), or do not fit
+    the tool's schema; the tool never ran."""
 
 
 class ToolExecutionError(ToolError):
     """The tool raised; the original exception is ``__cause__``."""
+
+
+class ToolOutputError(ToolError):
+    """The tool ran, but what it returned (or reported as progress) cannot be turned
+    into JSON: bytes that are not UTF-8 text, a dict that holds itself, ... The message
+    names the type; the original exception is ``__cause__``."""
 
 
 class ToolTimeoutError(ToolError):

@@ -14,7 +14,14 @@ from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from rxagent.messages import AssistantMessage, Conversation, ToolCall, ToolCallStatus, Usage
+from rxagent.messages import (
+    AssistantMessage,
+    Conversation,
+    ConversationRecord,
+    ToolCall,
+    ToolCallStatus,
+    Usage,
+)
 from rxagent.policies import PauseReason, StepOutcome, StopReason
 
 __all__ = [
@@ -50,11 +57,17 @@ def _now() -> float:
 
 
 class AgentRun(BaseModel):
-    """The result of a run: its conversation, steps, stop reason, usage, output."""
+    """The result of a run: its conversation, steps, stop reason, usage, output.
+
+    A run's record (as ``RunCompleted.run``, or a failure's ``partial``) never
+    changes: its ``messages`` is a read-only conversation. ``ra.collect_final``,
+    ``run.result()`` and ``agent.run_sync()`` give you :meth:`editable` copies, whose
+    ``messages`` are yours to approve, reject and extend.
+    """
 
     model_config = ConfigDict(frozen=True)
 
-    messages: Conversation = Field(default_factory=Conversation)
+    messages: ConversationRecord = Field(default_factory=Conversation, validate_default=True)
     steps: int = 0
     stop: StopReason = StopReason.NO_TOOL_CALLS
     usage: Usage = Usage()
@@ -75,6 +88,11 @@ class AgentRun(BaseModel):
     def last_message(self) -> AssistantMessage | None:
         return self.messages.last_assistant
 
+    def editable(self) -> AgentRun:
+        """This run with a writable copy of its conversation (``messages.copy()``); the
+        run it came from stays as it was recorded."""
+        return self.model_copy(update={"messages": self.messages.copy()})
+
 
 class _Event(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -90,7 +108,7 @@ class RunStarted(_Event):
     """
 
     type: Literal["run_started"] = "run_started"
-    input: Conversation = Field(default_factory=Conversation)
+    input: ConversationRecord = Field(default_factory=Conversation, validate_default=True)
     #: The name of the agent running (``Agent(name=...)``), where it has one.
     agent: str | None = None
     at: float = Field(default_factory=_now)

@@ -19,7 +19,8 @@ def collect_final() -> Callable[[Observable[AgentEvent]], Observable[AgentRun]]:
         result: --------------------------------------run|
 
     A stream that completes without ``RunCompleted`` fails with ``AgentError``;
-    errors pass through.
+    errors pass through. Each subscription gets an ``AgentRun`` whose ``messages``
+    are its own writable copy (the event's run is a record that never changes).
     """
 
     def operator(source: Observable[AgentEvent]) -> Observable[AgentRun]:
@@ -37,7 +38,7 @@ def collect_final() -> Callable[[Observable[AgentEvent]], Observable[AgentRun]]:
                 if final is None:
                     observer.on_error(AgentError("the stream ended without a RunCompleted event"))
                 else:
-                    observer.on_next(final)
+                    observer.on_next(final.editable())
                     observer.on_completed()
 
             return source.subscribe(on_next, observer.on_error, on_completed, scheduler=scheduler)
