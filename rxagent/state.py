@@ -488,7 +488,12 @@ class RunState:
         if isinstance(inner, UsageDelta):  # a sub-agent's tokens roll up into this run's
             self._usage_delta(inner)
         call = self.calls.get(event.call_id)
-        if call is not None:
+        if call is None:
+            return
+        if event.event is not None:
+            nested = (call.nested or RunState()).apply(event.event)
+            self._set_call(call.evolve(progress=call.progress + 1, nested=nested))
+        else:
             self._set_call(call.evolve(progress=call.progress + 1, last_progress=event.data))
 
     def _call_ended(self, event: ToolCallEnded) -> None:

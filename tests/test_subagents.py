@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import io
 
 import pytest
 from pydantic import BaseModel
 
 import rxagent as ra
-from rxagent import approval
+from rxagent import _terminal, approval, live
 from rxagent import scripted as s
 from rxagent.events import Handoff, RunCompleted, TextDelta, ToolCallEnded, ToolProgress
 from rxagent.state import fold
@@ -277,3 +278,27 @@ async def test_budgets_count_across_a_handoff() -> None:
     )
     result = await ra.collect_final(first.run("go"))
     assert result.stop is ra.StopReason.MAX_STEPS and result.steps == 4
+
+
+async def test_the_terminal_and_the_display_show_a_sub_agent_under_its_call() -> None:
+    sub = researcher([s.call("lookup", {"city": "Rome"})], ["Rome: 3 million."])
+    parent = ra.Agent(
+        ra.ScriptedProvider([[s.call("researcher", {"input": "Rome?"})], ["Big."]]),
+        tools=[sub.as_tool()],
+    )
+    out = io.StringIO()
+    view = _terminal.PlainView(out, color=False)
+    run = parent.run("go")
+    run.subscribe(view.on_event)
+    await ra.collect_final(run)
+    lines = out.getvalue().splitlines()
+    # Indented under the researcher's call: its own call, then its answer.
+    nested_call = lines.index("        ok lookup -> Rome has 2 million people")
+    nested_text = lines.index("        researcher: Rome: 3 million.")
+    ended = next(i for i, line in enumerate(lines) if line.startswith("  ok researcher"))
+    assert nested_call < nested_text < ended
+
+    text = live.render_text(run.state)
+    assert "      ↳ researcher · completed: Rome: 3 million." in text
+    assert "        lookup(" in text and "Rome has 2 million people" in text
+    assert 'data-nested-for="call_1_1"' in live.render_html(run.state)
