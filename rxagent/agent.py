@@ -28,6 +28,7 @@ from rxagent.aio import (
 from rxagent.errors import AgentError, ApprovalError, ToolArgumentsError
 from rxagent.events import AgentEvent, AgentRun, RunCompleted, RunStarted
 from rxagent.messages import Conversation, ConversationInput, ToolCallStatus
+from rxagent.ops._collect import missing_end
 from rxagent.ops._fan_out import ToolContext
 from rxagent.ops._step import BeforeHook, StepConfig
 from rxagent.ops._until import run_steps
@@ -590,7 +591,7 @@ def _final_of(events: list[AgentEvent], error: Exception | None) -> AgentRun:
     for event in reversed(events):
         if type(event) is RunCompleted:
             return event.run.editable()
-    raise AgentError("the stream ended without a RunCompleted event")
+    raise missing_end()
 
 
 async def collect_final(source: Observable[AgentEvent]) -> AgentRun:
@@ -619,7 +620,7 @@ async def collect_final(source: Observable[AgentEvent]) -> AgentRun:
         elif final:
             future.set_result(final[-1].editable())
         else:
-            future.set_exception(AgentError("the stream ended without a RunCompleted event"))
+            future.set_exception(missing_end())
 
     subscription = source.subscribe(
         on_next,

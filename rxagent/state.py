@@ -446,9 +446,7 @@ class RunState:
 
     def _args_delta(self, event: ToolArgsDelta) -> None:
         self._provider_output()
-        call = self.calls.get(event.call_id)
-        if call is None:
-            call = ToolCallState(call_id=event.call_id, name=event.name, step=event.step)
+        call = self._call_of(event)
         self._set_call(
             call.evolve(
                 name=call.name or event.name,
@@ -457,9 +455,7 @@ class RunState:
         )
 
     def _call_started(self, event: ToolCallStarted) -> None:
-        call = self.calls.get(event.call_id)
-        if call is None:
-            call = ToolCallState(call_id=event.call_id, name=event.name, step=event.step)
+        call = self._call_of(event)
         self._set_call(
             call.evolve(
                 status=ToolCallStatus.RUNNING,
@@ -470,9 +466,7 @@ class RunState:
         )
 
     def _call_pending(self, event: ToolCallPending) -> None:
-        call = self.calls.get(event.call_id)
-        if call is None:
-            call = ToolCallState(call_id=event.call_id, name=event.name, step=event.step)
+        call = self._call_of(event)
         self._set_call(
             call.evolve(
                 status=ToolCallStatus.PENDING,
@@ -497,9 +491,7 @@ class RunState:
             self._set_call(call.evolve(progress=call.progress + 1, last_progress=event.data))
 
     def _call_ended(self, event: ToolCallEnded) -> None:
-        call = self.calls.get(event.call_id)
-        if call is None:
-            call = ToolCallState(call_id=event.call_id, name=event.name, step=event.step)
+        call = self._call_of(event)
         reason = call.reason
         if event.status is ToolCallStatus.REJECTED and event.error:
             reason = event.error.removeprefix("Rejected: ")
@@ -642,6 +634,15 @@ class RunState:
                 if call.started_at is not None and ended is None:
                     ended = at
                 self._set_call(call.evolve(status=status, ended_at=ended))
+
+    def _call_of(
+        self, event: ToolArgsDelta | ToolCallStarted | ToolCallPending | ToolCallEnded
+    ) -> ToolCallState:
+        """The call ``event`` is about, as known so far (new if it is not known yet)."""
+        call = self.calls.get(event.call_id)
+        if call is None:
+            call = ToolCallState(call_id=event.call_id, name=event.name, step=event.step)
+        return call
 
     def _set_call(self, call: ToolCallState) -> None:
         calls = dict(self.calls)

@@ -9,7 +9,12 @@ from reactivex import Observable, abc
 from rxagent.errors import AgentError
 from rxagent.events import AgentEvent, AgentRun, RunCompleted
 
-__all__ = ["collect_final"]
+__all__ = ["collect_final", "missing_end"]
+
+
+def missing_end() -> AgentError:
+    """The error of a stream of run events that completed without ``RunCompleted``."""
+    return AgentError("the stream ended without a RunCompleted event")
 
 
 def collect_final() -> Callable[[Observable[AgentEvent]], Observable[AgentRun]]:
@@ -36,7 +41,7 @@ def collect_final() -> Callable[[Observable[AgentEvent]], Observable[AgentRun]]:
 
             def on_completed() -> None:
                 if final is None:
-                    observer.on_error(AgentError("the stream ended without a RunCompleted event"))
+                    observer.on_error(missing_end())
                 else:
                     observer.on_next(final.editable())
                     observer.on_completed()
