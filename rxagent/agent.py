@@ -261,12 +261,26 @@ class Agent:
         return self.run(input).result(timeout=timeout)
 
 
-class _Subscriber:
-    __slots__ = ("active", "observer")
+class _Subscriber(abc.DisposableBase):
+    """One observer of a run; disposing it detaches it, on the run's loop."""
 
-    def __init__(self, observer: abc.ObserverBase[AgentEvent]) -> None:
+    __slots__ = ("active", "observer", "run")
+
+    def __init__(self, observer: abc.ObserverBase[AgentEvent], run: Run) -> None:
         self.observer = observer
         self.active = True
+        self.run = run
+
+    def attach(self) -> None:
+        self.run._attach(self)
+
+    def dispose(self) -> None:
+        loop = self.run._loop
+        if loop is not None and self.active:
+            call_on(loop, self.detach)
+
+    def detach(self) -> None:
+        self.run._detach(self)
 
 
 class _Latch(DirectObservable[None]):
@@ -403,15 +417,15 @@ class Run(DirectObservable[AgentEvent]):
     def _subscribe_core(
         self, observer: abc.ObserverBase[AgentEvent], scheduler: abc.SchedulerBase | None = None
     ) -> abc.DisposableBase:
-        subscriber = _Subscriber(observer)
+        subscriber = _Subscriber(observer, self)
         if self._state == "done":
             # A finished run never changes: replay it here, whatever became of its loop.
             self._attach(subscriber)
             return Disposable()
         loop = self._bind()
         _check_alive(loop)
-        call_on(loop, lambda: self._attach(subscriber))
-        return Disposable(lambda: call_on(loop, lambda: self._detach(subscriber)))
+        call_on(loop, subscriber.attach)
+        return subscriber
 
     def _bind(self) -> asyncio.AbstractEventLoop:
         with self._bind_lock:

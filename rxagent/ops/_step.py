@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import itertools
@@ -17,7 +18,7 @@ from reactivex import operators as rx_ops
 from reactivex.disposable import CompositeDisposable
 from reactivex.subject import Subject
 
-from rxagent.aio import from_async_iterable, on_loop, running_loop
+from rxagent.aio import from_async_iterable, running_loop
 from rxagent.errors import AgentError, ApprovalError, OutputValidationError, ProviderError
 from rxagent.events import (
     AgentEvent,
@@ -268,6 +269,38 @@ class _Shared:
     output_attempts: int = 0
 
 
+class _ProviderObserver(abc.ObserverBase[ProviderChunk]):
+    """The step's observer of its provider stream, on the event loop whatever thread the
+    provider emits from (a blocking client's, say): observers and tools live there."""
+
+    __slots__ = ("loop", "step")
+
+    def __init__(self, step: _Step, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.step = step
+        self.loop = loop
+
+    def _here(self) -> bool:
+        return self.loop is None or running_loop() is self.loop
+
+    def on_next(self, value: ProviderChunk) -> None:
+        if self._here():
+            self.step._on_chunk(value)
+        else:
+            self.loop.call_soon_threadsafe(self.step._on_chunk, value)  # type: ignore[union-attr]
+
+    def on_error(self, error: Exception) -> None:
+        if self._here():
+            self.step._on_provider_error(error)
+        else:
+            self.loop.call_soon_threadsafe(self.step._on_provider_error, error)  # type: ignore[union-attr]
+
+    def on_completed(self) -> None:
+        if self._here():
+            self.step._on_provider_done()
+        else:
+            self.loop.call_soon_threadsafe(self.step._on_provider_done)  # type: ignore[union-attr]
+
+
 _F = TypeVar("_F", bound=Callable[..., None])
 
 
@@ -474,14 +507,7 @@ class _Step:
             return
         # A provider should emit on the event loop; one that emits from a thread of its
         # own (a blocking client) is brought back to it, where observers and tools live.
-        loop = running_loop()
-        self.disposables.add(
-            stream.subscribe(
-                on_loop(loop, self._on_chunk),
-                on_loop(loop, self._on_provider_error),
-                on_loop(loop, self._on_provider_done),
-            )
-        )
+        self.disposables.add(stream.subscribe(_ProviderObserver(self, running_loop())))
 
     @_guarded
     def _on_chunk(self, chunk: ProviderChunk) -> None:
