@@ -51,8 +51,8 @@ from pydantic import ValidationError
 
 from rxagent._text import clip, one_line
 from rxagent.approval import Decision, Strategy, as_strategy
-from rxagent.errors import ToolArgumentsError, ToolError, ToolExecutionError
-from rxagent.tools import BoundCall, Tool, Toolset, _clean_schema, parse_arguments
+from rxagent.errors import ToolArgumentsError, ToolError, ToolExecutionError, ToolOutputError
+from rxagent.tools import BoundCall, Tool, Toolset, _clean_schema, _too_deep, parse_arguments
 
 __all__ = ["MCPServerError", "MCPTool", "MCPToolset", "Options"]
 
@@ -144,7 +144,10 @@ class MCPTool(Tool[..., Any]):
         raises :class:`~rxagent.errors.ToolArgumentsError`."""
         data = parse_arguments(self.name, arguments, call_id)
         if self._validator is not None:
-            errors = sorted(self._validator.iter_errors(data), key=lambda e: list(e.path))
+            try:
+                errors = sorted(self._validator.iter_errors(data), key=lambda e: list(e.path))
+            except RecursionError:
+                raise _too_deep(self.name, call_id) from None
             if errors:
                 problems = "; ".join(
                     f"{'.'.join(str(p) for p in e.absolute_path) or '(arguments)'}: {e.message}"
@@ -507,7 +510,7 @@ class MCPToolset(Toolset):
             first = (
                 str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             )
-            raise ToolExecutionError(
+            raise ToolOutputError(
                 f"the result of tool {tool.name!r} from MCP server {self.name!r} does not fit: "
                 f"{clip(first, 300)}"
             ) from error
