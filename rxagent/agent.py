@@ -76,6 +76,10 @@ class Agent:
     in its task or its worker thread: how tracing (``rxagent.otel``) makes a tool's
     own spans children of its ``execute_tool`` span.
 
+    ``run_operator`` (an operator on a run's events) is applied to each run's events
+    before they are shared: it sees every run once, however many observe it (how
+    ``rxagent.otel.instrument`` makes one trace per run).
+
     ``before(messages)`` may rewrite the messages of each provider request (trim,
     inject context) and ``after(run)`` sees each finished run (log, store); both
     are plain functions or coroutine functions. ``before`` changes what is sent,
@@ -102,6 +106,7 @@ class Agent:
         name: str | None = None,
         scheduler: abc.SchedulerBase | None = None,
         tool_context: ToolContext | None = None,
+        run_operator: Callable[[Observable[AgentEvent]], Observable[AgentEvent]] | None = None,
     ) -> None:
         #: The agent's name (for sub-agents, handoffs and logs); ``None`` when unnamed.
         self.name = name
@@ -126,6 +131,8 @@ class Agent:
         self.after = after
         #: The clock of tool timeouts and of the run's time budget (default: asyncio's).
         self.scheduler = scheduler
+        #: Applied to each run's events before they are shared (``None``: nothing).
+        self.run_operator = run_operator
 
     # The options, as attributes (read-only: make a new Agent to change one).
     @property
@@ -210,7 +217,9 @@ class Agent:
             interrupt=interrupt,
             agent=self.name,
         )
-        return events if self.after is None else events.pipe(_after(self.after))
+        if self.after is not None:
+            events = events.pipe(_after(self.after))
+        return events if self.run_operator is None else events.pipe(self.run_operator)
 
     def run(self, input: ConversationInput) -> Run:
         """A run on ``input`` (text, messages or a Conversation); it starts when observed.

@@ -208,6 +208,8 @@ class ToolCallEnded(_Event):
 
     ``status`` is ``completed``, ``failed``, or ``rejected`` (refused by an approval
     strategy or a human; ``error`` then holds the refusal the model reads).
+    ``error_type`` names the class of a failed call's error (``ToolExecutionError``,
+    ``ToolTimeoutError``, ``UnknownToolError``, ``ToolArgumentsError``, ...).
     """
 
     type: Literal["tool_call_ended"] = "tool_call_ended"
@@ -215,6 +217,7 @@ class ToolCallEnded(_Event):
     name: str
     output: Any = None
     error: str | None = None
+    error_type: str | None = None
     status: ToolCallStatus = ToolCallStatus.COMPLETED
     at: float = Field(default_factory=_now)
 

@@ -413,15 +413,17 @@ async def test_empty_or_reused_provider_call_ids_are_renamed_everywhere() -> Non
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="none")
 
 
-async def test_tool_context_reaches_async_tools_and_sync_tools_in_threads() -> None:
-    @contextlib.contextmanager
-    def tagged(call: ra.ToolCall) -> Iterator[None]:
-        token = REQUEST_ID.set(f"req-{call.id}")
-        try:
-            yield
-        finally:
-            REQUEST_ID.reset(token)
+@contextlib.contextmanager
+def tagged(call: ra.ToolCall) -> Iterator[None]:
+    """A tool context: the call's request id, set while the call starts."""
+    token = REQUEST_ID.set(f"req-{call.id}")
+    try:
+        yield
+    finally:
+        REQUEST_ID.reset(token)
 
+
+async def test_tool_context_reaches_async_tools_and_sync_tools_in_threads() -> None:
     @ra.tool
     async def in_task() -> str:
         """Reads the context in its task."""
@@ -440,3 +442,25 @@ async def test_tool_context_reaches_async_tools_and_sync_tools_in_threads() -> N
     outputs = [e.output for e in run.events if isinstance(e, ToolCallEnded)]
     assert outputs == ["req-a", "req-b on rxagent-tool"]
     assert REQUEST_ID.get() == "none"  # entered around each start, and left
+
+
+async def test_tool_context_does_not_leak_into_what_follows_the_tool() -> None:
+    # The step after a tool starts from the tool's callbacks: they run in the context
+    # the call started in, so its provider request does not see the tool's context.
+    @ra.tool
+    async def in_task() -> str:
+        """Reads the context in its task, after a pause."""
+        await asyncio.sleep(0.001)
+        return REQUEST_ID.get()
+
+    seen: list[str] = []
+
+    def second_turn(request: ra.ProviderRequest) -> list[str]:
+        seen.append(REQUEST_ID.get())
+        return ["done"]
+
+    provider = ra.ScriptedProvider([[s.call("in_task", id="a")], second_turn])
+    run = ra.Agent(provider, tools=[in_task], tool_context=tagged).run("go")
+    await ra.collect_final(run)
+    assert [e.output for e in run.events if isinstance(e, ToolCallEnded)] == ["req-a"]
+    assert seen == ["none"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -112,6 +113,11 @@ def fan_out_tools(
                     name=call.name,
                     output=output,
                     error=None if error is None else error.message,
+                    error_type=(
+                        type(error).__name__
+                        if error is not None and status is not ToolCallStatus.REJECTED
+                        else None
+                    ),
                     status=status
                     or (ToolCallStatus.COMPLETED if error is None else ToolCallStatus.FAILED),
                 )
@@ -218,8 +224,12 @@ def fan_out_tools(
                 )
             if tool_context is None:
                 return items.subscribe(on_item, on_error)
+            # The tool's task copies the context tool_context sets; what the tool sends
+            # back runs in the context the call started in, so that context does not
+            # leak into what follows (the next step's provider request, say).
+            outer = contextvars.copy_context()
             with tool_context(call):
-                return items.subscribe(on_item, on_error)
+                return items.subscribe(_in_context(outer, on_item), _in_context(outer, on_error))
 
         return Observable(subscribe)
 
@@ -345,6 +355,16 @@ def within(
         return Observable(subscribe)
 
     return operator
+
+
+def _in_context(context: contextvars.Context, fn: Callable[[_T], None]) -> Callable[[_T], None]:
+    """``fn``, run in a copy of ``context`` (a copy: a context cannot be entered twice,
+    and a notification may cause another)."""
+
+    def run(value: _T) -> None:
+        context.copy().run(fn, value)
+
+    return run
 
 
 def _refusal(call: ToolCall, reason: str | None) -> ToolError:

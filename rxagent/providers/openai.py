@@ -221,6 +221,9 @@ class OpenAIProvider:
     request; disposing it closes the HTTP response at once.
     """
 
+    #: The ``gen_ai.provider.name`` of tracing (``rxagent.otel``): the API spoken.
+    provider_name = "openai"
+
     def __init__(
         self,
         model: str,
