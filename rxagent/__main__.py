@@ -9,7 +9,8 @@ With no ``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, ``--api-key`` or ``--base-url``
 (or with ``--offline``), the model is an offline demo model served by
 :class:`rxagent.testing.LoopbackServer` and reached through the real
 ``OpenAIProvider``, so the whole HTTP path runs. ``--json`` prints the events as
-JSON lines instead (pipe them into ``jq``).
+JSON lines instead (pipe them into ``jq``). ``rxagent web`` serves the chat page on
+the same agent (see :mod:`rxagent.web.demo`).
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ class _Result:
 
     @property
     def failed(self) -> bool:
-        return self.content.startswith("Error") or self.content.startswith("Cancelled")
+        return self.content.startswith(("Error", "Cancelled", "Rejected"))
 
 
 def _tool_results(messages: list[dict[str, Any]]) -> list[_Result]:
@@ -250,7 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the demo; the exit status is 0 on success, 1 when the run failed."""
+    """Run the demo; the exit status is 0 on success, 1 when the run failed.
+
+    ``rxagent web ...`` serves the chat page instead (the ``rxagent[web]`` extra).
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["web"]:
+        from rxagent.web.demo import main as web_main
+
+        return web_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.max_tool_concurrency < 0 or args.max_steps < 1 or args.pace < 0:
         build_parser().error("--max-tool-concurrency, --max-steps and --pace must be positive")
