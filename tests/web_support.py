@@ -14,6 +14,7 @@ import pytest
 import rxagent as ra
 from rxagent import scripted as s
 from rxagent.events import AgentEvent, loads
+from rxagent.providers import ProviderRequest
 
 
 def require(tool: str, found: bool) -> None:
@@ -44,21 +45,20 @@ def explode(reason: str) -> str:
     raise RuntimeError(reason)
 
 
-def bank_script() -> list[Any]:
-    """A run that adds, asks to transfer (paused), then answers."""
-    return [
-        [
+def bank_turn(request: ProviderRequest) -> list[Any]:
+    """Every run: add, ask to transfer (the run pauses), then answer from the results."""
+    if not any(isinstance(m, ra.ToolMessage) for m in request.messages[-3:]):
+        return [
             "Adding first. ",
             s.call("add", {"a": 2, "b": 3}, id="call_add"),
             s.call("transfer", {"amount": 5, "to": "ana"}, id="call_pay"),
             s.usage(30, 12),
-        ],
-        ["Added 5 and ", "paid Ana.", s.usage(50, 6)],
-    ]
+        ]
+    return ["Added 5 and ", "paid Ana.", s.usage(50, 6)]
 
 
-def bank_agent(script: list[Any] | None = None, **options: Any) -> ra.Agent:
-    provider = ra.ScriptedProvider(script if script is not None else bank_script())
+def bank_agent(script: Any = None, **options: Any) -> ra.Agent:
+    provider = ra.ScriptedProvider(script if script is not None else bank_turn)
     return ra.Agent(provider, tools=[add, transfer, explode], **options)
 
 

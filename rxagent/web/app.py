@@ -7,7 +7,8 @@ Routes (relative to where the app is mounted)::
     POST /runs                   {agent, input} or {agent, conversation} -> 201 {run_id}
     GET  /runs/{id}              the run's state now (status, step, pending calls, usage, result)
     GET  /runs/{id}/events       SSE, rxagent's encoding; Last-Event-ID or ?after=N resumes
-    GET  /runs/{id}/ai-sdk       the AI SDK UI message stream of the run (?after=N resumes)
+    GET  /runs/{id}/ai-sdk       the AI SDK UI message stream of the run (?after=N resumes;
+                                 ?approvals=0 for AI SDK 5)
     GET  /runs/{id}/ag-ui        AG-UI events of the run (?after=N, ?thread_id=...)
     POST /runs/{id}/approvals    {call_id, decision: approve|reject, arguments?, reason?}
                                  (or a list of them) -> 202 {run_id, after}
@@ -330,10 +331,16 @@ class _Routes:
         yield "".join(data_frame(dump(item)) for item in encoder.close()) + done
 
     def _ai_sdk_response(
-        self, run_id: str, principal: Principal, after: int | None, *, prime: bool = True
+        self,
+        run_id: str,
+        principal: Principal,
+        after: int | None,
+        *,
+        prime: bool = True,
+        approvals: bool = True,
     ) -> Response:
         start = 0 if prime or after is None else after + 1
-        encoder = ai_sdk.UIMessageEncoder(run_id=run_id, start=start)
+        encoder = ai_sdk.UIMessageEncoder(run_id=run_id, start=start, approvals=approvals)
         body = self._encoded(
             run_id, principal, after, encoder, _dump_json, prime=prime, done=ai_sdk.DONE
         )
@@ -361,7 +368,9 @@ class _Routes:
         run_id = request.path_params["run_id"]
         after = self._after(request)
         await self.hub.info(run_id, principal=principal)
-        return self._ai_sdk_response(run_id, principal, after)
+        # ?approvals=0 for AI SDK 5, which has no approval chunks.
+        approvals = request.query_params.get("approvals", "1") not in ("0", "false")
+        return self._ai_sdk_response(run_id, principal, after, approvals=approvals)
 
     async def agui_stream(self, request: Request) -> Response:
         principal = await self.principal(request)
