@@ -17,7 +17,7 @@ from tests.web_support import bank_agent, require
 #: The ai package the test runs: v6 has the tool approval chunks and still runs on
 #: Debian's Node 18 (v7 asks for Node 22).
 AI_VERSION = "6.0.333"
-SCRIPT = Path(__file__).resolve().parent / "js" / "ai_client.mjs"
+SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "web_ai_sdk" / "client.mjs"
 
 
 @pytest.fixture(scope="session")

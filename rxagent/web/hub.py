@@ -36,6 +36,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import dataclasses
+import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -297,7 +298,7 @@ class _Entry:
         "segments",
         "state",
         "subscription",
-        "waiter",
+        "waiters",
     )
 
     def __init__(self, run_id: str, agent: str, owner: Principal, input: Conversation) -> None:
@@ -314,15 +315,15 @@ class _Entry:
         self.live = False
         #: Monotonic time the last segment ended (``None`` while live).
         self.ended_at: float | None = None
-        #: Resolved (and dropped) at the next append or end: readers wait on it.
-        self.waiter: asyncio.Future[None] | None = None
+        #: One future per waiting reader, resolved at the next append or end.
+        self.waiters: list[asyncio.Future[None]] = []
 
     def wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None:
-            self.waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        if self.waiters:
+            waiters, self.waiters = self.waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def append(self, event: AgentEvent) -> None:
         self.events.append(event)
@@ -365,6 +366,11 @@ class LocalHub(RunHub):
         self._clock = clock
         self._runs: dict[str, _Entry] = {}
         self._closed = False
+        # Readers that wait with a time limit, and one timer for the earliest limit
+        # (a timer per wait would cost more than the wait: readers wait once an event).
+        self._deadlines: dict[asyncio.Future[None], float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
 
     def __repr__(self) -> str:
         return f"<LocalHub agents={list(self.agents)} runs={len(self._runs)}>"
@@ -472,6 +478,9 @@ class LocalHub(RunHub):
                 entry.subscription.dispose()
         for entry in self._runs.values():
             entry.wake()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_at = None, math.inf
 
     # -- reading -----------------------------------------------------------------------
     async def read(
@@ -502,11 +511,38 @@ class LocalHub(RunHub):
         return entry.state.status is RunStatus.PAUSED and not stop_at_pause and not self._closed
 
     async def _wait(self, entry: _Entry, seconds: float | None) -> None:
-        if entry.waiter is None:
-            entry.waiter = asyncio.get_running_loop().create_future()
-        # asyncio.wait, not await: a reader that is cancelled must not cancel the
-        # future the other readers wait on.
-        await asyncio.wait((entry.waiter,), timeout=seconds)
+        """Until ``entry`` changes, or ``seconds`` pass."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        if len(entry.waiters) > 64:  # readers that timed out on an idle run
+            entry.waiters = [w for w in entry.waiters if not w.done()]
+        entry.waiters.append(waiter)
+        if seconds is not None:
+            deadline = loop.time() + seconds
+            self._deadlines[waiter] = deadline
+            if deadline < self._timer_at:
+                self._arm(loop, deadline)
+        try:
+            await waiter
+        finally:
+            self._deadlines.pop(waiter, None)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = loop.call_at(deadline, self._expire_waits, loop)
+
+    def _expire_waits(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer, self._timer_at = None, math.inf
+        now = loop.time() + 0.01  # those due within 10 ms go now too
+        for waiter, deadline in list(self._deadlines.items()):
+            if deadline <= now:
+                del self._deadlines[waiter]
+                if not waiter.done():
+                    waiter.set_result(None)
+        if self._deadlines:
+            self._arm(loop, min(self._deadlines.values()))
 
     async def info(self, run_id: str, *, principal: Principal = None) -> RunInfo:
         entry = self._get(run_id, principal)

@@ -1,9 +1,13 @@
-// The AI SDK's own client (the `ai` npm package) against rxagent.web.
+// The AI SDK's own client (the `ai` npm package, 6 or later) against rxagent.web.
 //
-// usage: node ai_client.mjs <base url> <agent>
-// Prints one JSON object: what readUIMessageStream assembled from a run's UI message
-// stream, and the messages of a chat (the engine of useChat, with a minimal state)
-// that sends a prompt, approves the call that waits, and gets the rest of the answer.
+// usage: node client.mjs <base url> <agent> [prompt]
+//
+// 1. Starts a run (POST /runs) and reads its UI message stream (GET /runs/{id}/ai-sdk)
+//    with readUIMessageStream, every chunk checked against the SDK's own schema.
+// 2. Runs useChat's engine (AbstractChat, what useChat wraps, with a minimal state and the
+//    stock DefaultChatTransport) on POST /ai-sdk/chat: sends the prompt, approves every
+//    call that waits with addToolApprovalResponse, and gets the rest of the answer.
+// Prints one JSON object: the message of 1, and the chat's messages after 2.
 import {
   AbstractChat,
   DefaultChatTransport,
@@ -13,7 +17,7 @@ import {
 } from "ai";
 import { parseJsonEventStream } from "@ai-sdk/provider-utils";
 
-const [base, agent] = process.argv.slice(2);
+const [base, agent, prompt = "Add 2 and 3, then pay Ana 5."] = process.argv.slice(2);
 
 // Every chunk is validated against the SDK's own schema; a chunk that does not fit fails.
 function chunks(body) {
@@ -42,7 +46,7 @@ async function assemble(response) {
 const started = await fetch(`${base}/runs`, {
   method: "POST",
   headers: { "content-type": "application/json" },
-  body: JSON.stringify({ agent, input: "Add 2 and 3, then pay Ana 5." }),
+  body: JSON.stringify({ agent, input: prompt }),
 });
 const { run_id } = await started.json();
 const streamed = await fetch(`${base}/runs/${run_id}/ai-sdk`);
@@ -75,12 +79,20 @@ const chat = new (class extends AbstractChat {})({
 });
 
 let done = next();
-await chat.sendMessage({ text: "Add 2 and 3, then pay Ana 5." });
+await chat.sendMessage({ text: prompt });
 const first = await done;
-const waiting = chat.messages.at(-1).parts.find((p) => p.state === "approval-requested");
-done = next();
-await chat.addToolApprovalResponse({ id: waiting.approval.id, approved: true });
-const second = await done;
+let last = first;
+// Approve what waits (the approval of the last one sends the messages back by itself).
+for (;;) {
+  const waiting = chat.messages.at(-1).parts.filter((p) => p.state === "approval-requested");
+  if (waiting.length === 0) break;
+  done = next();
+  for (const part of waiting) {
+    await chat.addToolApprovalResponse({ id: part.approval.id, approved: true });
+  }
+  last = await done;
+}
+const second = last;
 
 console.log(JSON.stringify({
   header,
