@@ -225,11 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("prompt", nargs="?", default=DEFAULT_PROMPT, help="what to ask")
-    parser.add_argument("--model", default="gpt-4o-mini", help="model name (default: %(default)s)")
-    parser.add_argument(
-        "--base-url", help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1"
-    )
-    parser.add_argument("--api-key", help="API key (default: $OPENAI_API_KEY)")
+    add_model_options(parser)
     parser.add_argument(
         "--max-tool-concurrency",
         type=int,
@@ -239,6 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--max-steps", type=int, default=6, metavar="N", help="at most N steps")
     parser.add_argument("--json", action="store_true", help="print the events as JSON lines")
+    return parser
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The options that choose the model (shared with ``rxagent web``)."""
+    parser.add_argument("--model", default="gpt-4o-mini", help="model name (default: %(default)s)")
+    parser.add_argument(
+        "--base-url", help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1"
+    )
+    parser.add_argument("--api-key", help="API key (default: $OPENAI_API_KEY)")
     parser.add_argument("--offline", action="store_true", help="use the offline demo model")
     parser.add_argument(
         "--pace",
@@ -247,7 +253,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FACTOR",
         help="scale the demo's waits (slow tool, offline typing); 0 for none",
     )
-    return parser
+
+
+def is_offline(args: argparse.Namespace) -> bool:
+    """Whether the options (and the environment) leave the offline demo model to use."""
+    return bool(
+        args.offline
+        or not (
+            args.base_url
+            or args.api_key
+            or os.environ.get("OPENAI_API_KEY")
+            or os.environ.get("OPENAI_BASE_URL")
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,12 +293,7 @@ async def _run(args: argparse.Namespace) -> int:
     _WeatherService.calls = 0  # every run shows a failure first, then a success
     out = sys.stdout
     notes = sys.stderr if args.json else sys.stdout
-    offline = args.offline or not (
-        args.base_url
-        or args.api_key
-        or os.environ.get("OPENAI_API_KEY")
-        or os.environ.get("OPENAI_BASE_URL")
-    )
+    offline = is_offline(args)
     server = None
     try:
         if offline:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -48,16 +49,28 @@ def start(client: httpx.Client, **body: Any) -> str:
     return run_id
 
 
-def until_paused(client: httpx.Client, run_id: str) -> list[tuple[int, ev.AgentEvent]]:
-    """The events up to the pause (the native stream stays open through it)."""
+def until_paused(
+    client: httpx.Client, run_id: str, after: int | None = None
+) -> list[tuple[int, ev.AgentEvent]]:
+    """The events (after ``after``) up to a pause (the native stream stays open through it)."""
     out = []
-    with client.stream("GET", f"/runs/{run_id}/events") as response:
+    query = "" if after is None else f"?after={after}"
+    with client.stream("GET", f"/runs/{run_id}/events{query}") as response:
         for message in sse_messages(response.iter_lines()):
             out.append((int(message.id or -1), message.agent_event()))
             event = out[-1][1]
             if isinstance(event, ev.RunCompleted) and event.run.stop is ra.StopReason.PAUSED:
                 break
     return out
+
+
+def two_transfers() -> list[Any]:
+    """A turn with two transfers (both wait for approval), then an answer."""
+    calls = [s.call("transfer", {"amount": n, "to": to}, id=i) for n, to, i in TRANSFERS]
+    return [calls, ["Done."]]
+
+
+TRANSFERS = [(1, "a", "one"), (2, "b", "two")]
 
 
 # -- the run's life over HTTP ------------------------------------------------------------
@@ -138,69 +151,51 @@ def test_rejecting_a_call_goes_back_to_the_model(bank: Any) -> None:
     assert answers[-1].is_error and "not today" in answers[-1].content
 
 
-def test_several_decisions_in_one_request() -> None:
-    script = [
-        [
-            s.call("transfer", {"amount": 1, "to": "a"}, id="one"),
-            s.call("transfer", {"amount": 2, "to": "b"}, id="two"),
-        ],
-        ["Done."],
-    ]
-    with ServerThread(create_app({"bank": bank_agent(script)})) as server:
-        client = httpx.Client(base_url=server.url, timeout=10)
+@pytest.fixture
+def two_waiting() -> Iterator[tuple[httpx.Client, str]]:
+    """A client, and a run paused on two transfers (ids ``one`` and ``two``)."""
+    server = ServerThread(create_app({"bank": bank_agent(two_transfers())}))
+    with server, httpx.Client(base_url=server.url, timeout=10) as client:
         run_id = start(client, agent="bank", input="pay both")
         until_paused(client, run_id)
-        answer = client.post(
-            f"/runs/{run_id}/approvals",
-            json={
-                "decisions": [
-                    {
-                        "call_id": "one",
-                        "decision": "approve",
-                        "arguments": {"amount": 3, "to": "a"},
-                    },
-                    {"call_id": "two", "decision": "reject"},
-                ]
-            },
-        )
-        assert answer.status_code == 202, answer.text
-        rest = indexed_events(
-            read_stream(client, f"/runs/{run_id}/events?after={answer.json()['after']}")
-        )
-        ended = {e.call_id: e for _, e in rest if isinstance(e, ev.ToolCallEnded)}
-        assert ended["one"].output == "sent 3 to a"
-        assert ended["two"].status is ra.ToolCallStatus.REJECTED
-        assert client.get(f"/runs/{run_id}").json()["status"] == "completed"
+        yield client, run_id
 
 
-def test_a_decision_on_one_of_two_waiting_calls_pauses_again_for_the_other() -> None:
-    script = [
-        [
-            s.call("transfer", {"amount": 1, "to": "a"}, id="one"),
-            s.call("transfer", {"amount": 2, "to": "b"}, id="two"),
-        ],
-        ["Done."],
+def test_several_decisions_in_one_request(two_waiting: tuple[httpx.Client, str]) -> None:
+    client, run_id = two_waiting
+    decisions = [
+        {"call_id": "one", "decision": "approve", "arguments": {"amount": 3, "to": "a"}},
+        {"call_id": "two", "decision": "reject"},
     ]
-    with ServerThread(create_app({"bank": bank_agent(script)})) as server:
-        client = httpx.Client(base_url=server.url, timeout=10)
-        run_id = start(client, agent="bank", input="pay both")
-        until_paused(client, run_id)
-        answer = client.post(
-            f"/runs/{run_id}/approvals", json={"call_id": "one", "decision": "approve"}
-        )
-        assert answer.status_code == 202
-        state = client.get(f"/runs/{run_id}").json()
-        while state["status"] == "running":  # the resumed segment pauses again at once
-            state = client.get(f"/runs/{run_id}").json()
-        assert state["status"] == "paused"
-        assert [c["id"] for c in state["pending"]] == ["two"]
-        again = client.post(
-            f"/runs/{run_id}/approvals", json={"call_id": "two", "decision": "approve"}
-        )
-        assert again.status_code == 202
-        whole = indexed_events(read_stream(client, f"/runs/{run_id}/events"))
-        assert sum(isinstance(e, ev.RunStarted) for _, e in whole) == 3
-        assert isinstance(whole[-1][1], ev.RunCompleted) and whole[-1][1].run.text == "Done."
+    answer = client.post(f"/runs/{run_id}/approvals", json={"decisions": decisions})
+    assert answer.status_code == 202, answer.text
+    after = answer.json()["after"]
+    rest = indexed_events(read_stream(client, f"/runs/{run_id}/events?after={after}"))
+    ended = {e.call_id: e for _, e in rest if isinstance(e, ev.ToolCallEnded)}
+    assert ended["one"].output == "sent 3 to a"
+    assert ended["two"].status is ra.ToolCallStatus.REJECTED
+    assert client.get(f"/runs/{run_id}").json()["status"] == "completed"
+
+
+def test_a_decision_on_one_of_two_waiting_calls_pauses_again_for_the_other(
+    two_waiting: tuple[httpx.Client, str],
+) -> None:
+    client, run_id = two_waiting
+    answer = client.post(
+        f"/runs/{run_id}/approvals", json={"call_id": "one", "decision": "approve"}
+    )
+    assert answer.status_code == 202
+    again = until_paused(client, run_id, after=answer.json()["after"])
+    assert [e.call_id for _, e in again if isinstance(e, ev.ToolCallEnded)] == ["one"]
+    state = client.get(f"/runs/{run_id}").json()
+    assert state["status"] == "paused" and [c["id"] for c in state["pending"]] == ["two"]
+    answer = client.post(
+        f"/runs/{run_id}/approvals", json={"call_id": "two", "decision": "approve"}
+    )
+    assert answer.status_code == 202
+    whole = indexed_events(read_stream(client, f"/runs/{run_id}/events"))
+    assert sum(isinstance(e, ev.RunStarted) for _, e in whole) == 3
+    assert isinstance(whole[-1][1], ev.RunCompleted) and whole[-1][1].run.text == "Done."
 
 
 def test_the_native_stream_waits_through_a_pause_and_goes_on_live(bank: Any) -> None:
@@ -226,8 +221,8 @@ def test_the_native_stream_waits_through_a_pause_and_goes_on_live(bank: Any) -> 
 
 
 def test_a_heartbeat_keeps_an_idle_stream_open() -> None:
-    with ServerThread(create_app({"bank": bank_agent()}, heartbeat=0.05)) as server:
-        client = httpx.Client(base_url=server.url, timeout=10)
+    server = ServerThread(create_app({"bank": bank_agent()}, heartbeat=0.05))
+    with server, httpx.Client(base_url=server.url, timeout=10) as client:
         run_id = start(client, agent="bank", input="pay")
         until_paused(client, run_id)
         with client.stream("GET", f"/runs/{run_id}/events?after=1000") as response:
@@ -254,8 +249,8 @@ def test_a_finished_run_resumed_at_its_end_answers_204(bank: Any) -> None:
 # -- cancel ------------------------------------------------------------------------------
 def test_cancel_stops_a_running_run_and_a_paused_one() -> None:
     agent = bank_agent([["Thinking", s.hang()]])
-    with ServerThread(create_app({"slow": agent, "bank": bank_agent()})) as server:
-        client = httpx.Client(base_url=server.url, timeout=10)
+    server = ServerThread(create_app({"slow": agent, "bank": bank_agent()}))
+    with server, httpx.Client(base_url=server.url, timeout=10) as client:
         run_id = start(client, agent="slow", input="hi")
         with client.stream("GET", f"/runs/{run_id}/events") as response:
             events = []
@@ -355,8 +350,8 @@ def test_bad_decisions_change_nothing(bank: Any) -> None:
 def test_a_failing_run_ends_its_log_with_run_failed() -> None:
     script = [[s.call("explode", {"reason": "boom"}, id="x")]]
     agent = bank_agent(script, join=ra.JoinPolicy.FAIL_FAST)
-    with ServerThread(create_app({"bank": agent})) as server:
-        client = httpx.Client(base_url=server.url, timeout=10)
+    server = ServerThread(create_app({"bank": agent}))
+    with server, httpx.Client(base_url=server.url, timeout=10) as client:
         run_id = start(client, agent="bank", input="go")
         events = [e for _, e in indexed_events(read_stream(client, f"/runs/{run_id}/events"))]
         failed = events[-1]
@@ -376,11 +371,12 @@ def by_header(request: Request) -> str:
 
 
 def test_the_auth_hook_guards_every_route_and_keeps_runs_apart() -> None:
-    with ServerThread(create_app({"bank": bank_agent()}, auth=by_header)) as server:
-        alice = httpx.Client(base_url=server.url, headers={"x-user": "alice"}, timeout=10)
-        bob = httpx.Client(base_url=server.url, headers={"x-user": "bob"}, timeout=10)
-        anonymous = httpx.Client(base_url=server.url, timeout=10)
-        mallory = httpx.Client(base_url=server.url, headers={"x-user": "mallory"}, timeout=10)
+    server = ServerThread(create_app({"bank": bank_agent()}, auth=by_header))
+    with server, contextlib.ExitStack() as clients:
+        alice, bob, anonymous, mallory = (
+            clients.enter_context(httpx.Client(base_url=server.url, headers=headers, timeout=10))
+            for headers in ({"x-user": "alice"}, {"x-user": "bob"}, {}, {"x-user": "mallory"})
+        )
         run_id = start(alice, agent="bank", input="pay")
         until_paused(alice, run_id)
         routes = [
@@ -407,16 +403,16 @@ def test_the_auth_hook_guards_every_route_and_keeps_runs_apart() -> None:
 
 def test_cors_is_off_unless_asked_for() -> None:
     preflight = {"origin": "https://app.example", "access-control-request-method": "POST"}
-    with ServerThread(create_app({"bank": bank_agent()})) as server:
-        client = httpx.Client(base_url=server.url)
+    server = ServerThread(create_app({"bank": bank_agent()}))
+    with server, httpx.Client(base_url=server.url) as client:
         answer = client.get("/agents", headers={"origin": "https://app.example"})
         assert "access-control-allow-origin" not in answer.headers
         assert (
             "access-control-allow-origin" not in client.options("/runs", headers=preflight).headers
         )
     app = create_app({"bank": bank_agent()}, cors_origins=["https://app.example"])
-    with ServerThread(app) as server:
-        client = httpx.Client(base_url=server.url)
+    server = ServerThread(app)
+    with server, httpx.Client(base_url=server.url) as client:
         answer = client.options("/runs", headers=preflight)
         assert answer.headers["access-control-allow-origin"] == "https://app.example"
 

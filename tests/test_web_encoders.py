@@ -11,6 +11,7 @@ import httpx
 import pytest
 from ag_ui import core as agui
 from pydantic import TypeAdapter
+from reactivex import from_iterable
 from reactivex import operators as rx_ops
 
 import rxagent as ra
@@ -51,9 +52,6 @@ async def paused_and_resumed(
 async def test_the_native_operator_numbers_events_and_round_trips_them() -> None:
     first, _ = await paused_and_resumed()
     frames: list[str] = []
-    ra.ops.tap(lambda e: None)
-    from reactivex import from_iterable
-
     from_iterable(first).pipe(native.sse_events(start=10)).subscribe(frames.append)
     messages = list(sse_messages(iter("".join(frames).split("\n"))))
     assert [m.id for m in messages] == [str(10 + i) for i in range(len(first))]

@@ -234,8 +234,8 @@ def test_a_live_run_resumed_after_a_disconnect_loses_and_repeats_nothing() -> No
     gate = t.Gate()
     with t.LoopbackServer([["Before ", "the gate. ", gate, "After ", "it."]]) as model:
         agent = ra.Agent(model.provider())
-        with ServerThread(create_app({"live": agent})) as server:
-            client = httpx.Client(base_url=server.url, timeout=10)
+        server = ServerThread(create_app({"live": agent}))
+        with server, httpx.Client(base_url=server.url, timeout=10) as client:
             run_id = client.post("/runs", json={"agent": "live", "input": "go"}).json()["run_id"]
             seen = []
             with client.stream("GET", f"/runs/{run_id}/events") as response:

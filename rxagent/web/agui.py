@@ -31,10 +31,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ag_ui import core as agui
-from reactivex import Observable, abc
-from reactivex.disposable import Disposable
+from reactivex import Observable
 
-from rxagent.errors import ApprovalError
 from rxagent.events import (
     AgentEvent,
     OutputRetry,
@@ -65,6 +63,7 @@ from rxagent.messages import (
 )
 from rxagent.policies import StopReason
 from rxagent.tools import jsonable, output_text
+from rxagent.web._encoding import Encoder, encoder_operator, resumed_calls
 from rxagent.web.ai_sdk import approval_id, parse_approval_id
 from rxagent.web.hub import CallDecision
 
@@ -95,7 +94,7 @@ def wire(event: agui.BaseEvent) -> str:
     return event.model_dump_json(by_alias=True)
 
 
-class AGUIEncoder:
+class AGUIEncoder(Encoder[agui.BaseEvent]):
     """Turns a run's events into AG-UI events (``feed``), then ``close``.
 
     ``thread_id`` and ``run_id`` go into ``RUN_STARTED``/``RUN_FINISHED`` (a resumed
@@ -114,10 +113,10 @@ class AGUIEncoder:
         rxagent_run_id: str | None = None,
         start: int = 0,
     ) -> None:
+        super().__init__(start)
         self.thread_id = thread_id
         self.run_id = run_id
         self.rxagent_run_id = rxagent_run_id or run_id
-        self._index = start - 1
         self._segments = 0
         self._open = False
         self._resumed: set[str] = set()
@@ -132,15 +131,6 @@ class AGUIEncoder:
     def segment_run_id(self) -> str:
         """The AG-UI run id of the segment under way."""
         return self.run_id if self._segments <= 1 else f"{self.run_id}.{self._segments - 1}"
-
-    def feed(self, event: AgentEvent) -> list[agui.BaseEvent]:
-        """The AG-UI events for ``event``."""
-        self._index += 1
-        out: list[agui.BaseEvent] = []
-        handler = _HANDLERS.get(type(event))
-        if handler is not None:
-            handler(self, event, out)
-        return out
 
     def close(self) -> list[agui.BaseEvent]:
         """What ends the stream: nothing after a run's end, else ``RUN_ERROR``."""
@@ -194,22 +184,18 @@ class AGUIEncoder:
         out.append(agui.CustomEvent(name=f"rxagent.{name}", value=jsonable(value)))
 
     # -- event handlers ----------------------------------------------------------------
-    def _run_started(self, event: RunStarted, out: list[agui.BaseEvent]) -> None:
+    def _on_run_started(self, event: RunStarted, out: list[agui.BaseEvent]) -> None:
         self._segments += 1
         self._open = True
         self._calls = {}
-        try:
-            turn = event.input.open_turn()
-        except ApprovalError:
-            turn = None
-        self._resumed = {c.id for c in turn.assistant.tool_calls} if turn is not None else set()
+        self._resumed = set(resumed_calls(event))
         out.append(agui.RunStartedEvent(thread_id=self.thread_id, run_id=self.segment_run_id))
 
-    def _step_started(self, event: StepStarted, out: list[agui.BaseEvent]) -> None:
+    def _on_step_started(self, event: StepStarted, out: list[agui.BaseEvent]) -> None:
         self._step = f"step-{event.step}"
         out.append(agui.StepStartedEvent(step_name=self._step))
 
-    def _text_delta(self, event: TextDelta, out: list[agui.BaseEvent]) -> None:
+    def _on_text_delta(self, event: TextDelta, out: list[agui.BaseEvent]) -> None:
         if not event.text:
             return
         self._close_reasoning(out)
@@ -218,7 +204,7 @@ class AGUIEncoder:
             out.append(agui.TextMessageStartEvent(message_id=self._text, role="assistant"))
         out.append(agui.TextMessageContentEvent(message_id=self._text, delta=event.text))
 
-    def _reasoning_delta(self, event: ReasoningDelta, out: list[agui.BaseEvent]) -> None:
+    def _on_reasoning_delta(self, event: ReasoningDelta, out: list[agui.BaseEvent]) -> None:
         if not event.text:
             return
         self._close_text(out)
@@ -228,21 +214,21 @@ class AGUIEncoder:
             out.append(agui.ReasoningMessageStartEvent(message_id=self._reasoning))
         out.append(agui.ReasoningMessageContentEvent(message_id=self._reasoning, delta=event.text))
 
-    def _args_delta(self, event: ToolArgsDelta, out: list[agui.BaseEvent]) -> None:
+    def _on_tool_args_delta(self, event: ToolArgsDelta, out: list[agui.BaseEvent]) -> None:
         self._start_call(event.call_id, event.name, out)
         if event.delta and self._calls.get(event.call_id) == "started":
             out.append(agui.ToolCallArgsEvent(tool_call_id=event.call_id, delta=event.delta))
 
-    def _call_started(self, event: ToolCallStarted, out: list[agui.BaseEvent]) -> None:
+    def _on_tool_call_started(self, event: ToolCallStarted, out: list[agui.BaseEvent]) -> None:
         self._whole_call(event.call_id, event.name, event.arguments, out)
 
-    def _call_pending(self, event: ToolCallPending, out: list[agui.BaseEvent]) -> None:
+    def _on_tool_call_pending(self, event: ToolCallPending, out: list[agui.BaseEvent]) -> None:
         self._whole_call(event.call_id, event.name, event.arguments, out)
 
-    def _progress(self, event: ToolProgress, out: list[agui.BaseEvent]) -> None:
+    def _on_tool_progress(self, event: ToolProgress, out: list[agui.BaseEvent]) -> None:
         self._custom("tool_progress", {"toolCallId": event.call_id, "data": event.data}, out)
 
-    def _call_ended(self, event: ToolCallEnded, out: list[agui.BaseEvent]) -> None:
+    def _on_tool_call_ended(self, event: ToolCallEnded, out: list[agui.BaseEvent]) -> None:
         if self._start_call(event.call_id, event.name, out):
             out.append(agui.ToolCallArgsEvent(tool_call_id=event.call_id, delta="{}"))
         self._end_call(event.call_id, out)
@@ -256,22 +242,22 @@ class AGUIEncoder:
             )
         )
 
-    def _usage(self, event: UsageDelta, out: list[agui.BaseEvent]) -> None:
+    def _on_usage_delta(self, event: UsageDelta, out: list[agui.BaseEvent]) -> None:
         self._input_tokens += event.prompt_tokens
         self._output_tokens += event.completion_tokens
 
-    def _structured(self, event: Structured, out: list[agui.BaseEvent]) -> None:
+    def _on_structured(self, event: Structured, out: list[agui.BaseEvent]) -> None:
         self._custom("structured", {"value": event.value, "partial": event.partial}, out)
 
-    def _step_retry(self, event: StepRetry, out: list[agui.BaseEvent]) -> None:
+    def _on_step_retry(self, event: StepRetry, out: list[agui.BaseEvent]) -> None:
         self._close_parts(out)
         self._custom("step_retry", {"attempt": event.attempt, "error": event.error}, out)
 
-    def _output_retry(self, event: OutputRetry, out: list[agui.BaseEvent]) -> None:
+    def _on_output_retry(self, event: OutputRetry, out: list[agui.BaseEvent]) -> None:
         self._close_parts(out)
         self._custom("output_retry", {"attempt": event.attempt, "errors": event.errors}, out)
 
-    def _step_completed(self, event: StepCompleted, out: list[agui.BaseEvent]) -> None:
+    def _on_step_completed(self, event: StepCompleted, out: list[agui.BaseEvent]) -> None:
         self._close_parts(out)
         out.append(agui.StepFinishedEvent(step_name=f"step-{event.step}"))
 
@@ -284,7 +270,7 @@ class AGUIEncoder:
             )
         ]
 
-    def _run_completed(self, event: RunCompleted, out: list[agui.BaseEvent]) -> None:
+    def _on_run_completed(self, event: RunCompleted, out: list[agui.BaseEvent]) -> None:
         self._close_parts(out)
         self._open = False
         run = event.run
@@ -316,7 +302,7 @@ class AGUIEncoder:
             )
         )
 
-    def _run_failed(self, event: RunFailed, out: list[agui.BaseEvent]) -> None:
+    def _on_run_failed(self, event: RunFailed, out: list[agui.BaseEvent]) -> None:
         self._close_parts(out)
         self._open = False
         out.append(
@@ -324,26 +310,6 @@ class AGUIEncoder:
                 message=event.message, code=event.error_type, usage=self._usage_list()
             )
         )
-
-
-_HANDLERS: dict[type[Any], Callable[[AGUIEncoder, Any, list[agui.BaseEvent]], None]] = {
-    RunStarted: AGUIEncoder._run_started,
-    StepStarted: AGUIEncoder._step_started,
-    TextDelta: AGUIEncoder._text_delta,
-    ReasoningDelta: AGUIEncoder._reasoning_delta,
-    ToolArgsDelta: AGUIEncoder._args_delta,
-    ToolCallStarted: AGUIEncoder._call_started,
-    ToolCallPending: AGUIEncoder._call_pending,
-    ToolProgress: AGUIEncoder._progress,
-    ToolCallEnded: AGUIEncoder._call_ended,
-    UsageDelta: AGUIEncoder._usage,
-    Structured: AGUIEncoder._structured,
-    StepRetry: AGUIEncoder._step_retry,
-    OutputRetry: AGUIEncoder._output_retry,
-    StepCompleted: AGUIEncoder._step_completed,
-    RunCompleted: AGUIEncoder._run_completed,
-    RunFailed: AGUIEncoder._run_failed,
-}
 
 
 def encode(events: Iterable[AgentEvent], *, thread_id: str, run_id: str) -> list[agui.BaseEvent]:
@@ -363,30 +329,7 @@ def agui_events(
 
     Send each with :func:`wire` as an SSE ``data:`` line.
     """
-
-    def operator(source: Observable[AgentEvent]) -> Observable[agui.BaseEvent]:
-        def subscribe(
-            observer: abc.ObserverBase[agui.BaseEvent], scheduler: abc.SchedulerBase | None = None
-        ) -> abc.DisposableBase:
-            encoder = AGUIEncoder(thread_id=thread_id, run_id=run_id)
-
-            def on_next(event: AgentEvent) -> None:
-                for item in encoder.feed(event):
-                    observer.on_next(item)
-
-            def on_completed() -> None:
-                for item in encoder.close():
-                    observer.on_next(item)
-                observer.on_completed()
-
-            subscription = source.subscribe(
-                on_next, observer.on_error, on_completed, scheduler=scheduler
-            )
-            return Disposable(subscription.dispose)
-
-        return Observable(subscribe)
-
-    return operator
+    return encoder_operator(lambda: AGUIEncoder(thread_id=thread_id, run_id=run_id))
 
 
 # -- RunAgentInput -----------------------------------------------------------------------

@@ -39,10 +39,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from reactivex import Observable, abc
-from reactivex.disposable import Disposable
+from reactivex import Observable
 
-from rxagent.errors import ApprovalError
 from rxagent.events import (
     AgentEvent,
     OutputRetry,
@@ -74,6 +72,7 @@ from rxagent.messages import (
 )
 from rxagent.policies import StopReason
 from rxagent.tools import jsonable, output_text
+from rxagent.web._encoding import Encoder, encoder_operator, resumed_calls
 from rxagent.web.hub import CallDecision
 
 __all__ = [
@@ -139,7 +138,7 @@ class _Segment:
     deferred: bool = False
 
 
-class UIMessageEncoder:
+class UIMessageEncoder(Encoder[Chunk]):
     """Turns a run's events into UI message stream chunks (``feed``), then ``close``.
 
     ``run_id`` goes into the message metadata and the approval ids. ``start`` is
@@ -149,10 +148,12 @@ class UIMessageEncoder:
     stream resumes after an index.
     """
 
-    def __init__(self, *, run_id: str | None = None, approvals: bool = True, start: int = 0):
+    def __init__(
+        self, *, run_id: str | None = None, approvals: bool = True, start: int = 0
+    ) -> None:
+        super().__init__(start)
         self.run_id = run_id
         self.approvals = approvals
-        self._index = start - 1
         self._started = False
         self._step_open = False
         self._segment = _Segment()
@@ -164,21 +165,13 @@ class UIMessageEncoder:
         self._stop: StopReason | None = None
         self._failed = False
 
-    # -- public ------------------------------------------------------------------------
-    def feed(self, event: AgentEvent) -> list[Chunk]:
-        """The chunks for ``event``."""
-        self._index += 1
-        out: list[Chunk] = []
+    def _before(self, event: AgentEvent, out: list[Chunk]) -> None:
         if not self._started:
             self._started = True
             start: Chunk = {"type": "start"}
             if self.run_id is not None:
                 start["messageMetadata"] = {"runId": self.run_id}
             out.append(start)
-        handler = _HANDLERS.get(type(event))
-        if handler is not None:
-            handler(self, event, out)
-        return out
 
     def close(self) -> list[Chunk]:
         """The chunks that end the stream (``finish``); ``DONE`` follows them on the wire."""
@@ -258,19 +251,12 @@ class UIMessageEncoder:
         )
 
     # -- event handlers ----------------------------------------------------------------
-    def _run_started(self, event: RunStarted, out: list[Chunk]) -> None:
-        self._segment = _Segment()
-        try:
-            turn = event.input.open_turn()
-        except ApprovalError:
-            turn = None
-        if turn is not None:
-            for call in turn.assistant.tool_calls:
-                self._segment.resumed[call.id] = call
-                known = self._call(call.id, call.name)
-                known.decided = call.status
+    def _on_run_started(self, event: RunStarted, out: list[Chunk]) -> None:
+        self._segment = _Segment(resumed_calls(event))
+        for call in self._segment.resumed.values():
+            self._call(call.id, call.name).decided = call.status
 
-    def _step_started(self, event: StepStarted, out: list[Chunk]) -> None:
+    def _on_step_started(self, event: StepStarted, out: list[Chunk]) -> None:
         self._close_parts(out)
         self._end_step(out)
         if self._segment.resumed and event.step == 1:
@@ -279,7 +265,7 @@ class UIMessageEncoder:
             self._step_open = True
             out.append({"type": "start-step"})
 
-    def _text_delta(self, event: TextDelta, out: list[Chunk]) -> None:
+    def _on_text_delta(self, event: TextDelta, out: list[Chunk]) -> None:
         if not event.text:
             return
         self._open_step(out)
@@ -289,7 +275,7 @@ class UIMessageEncoder:
             out.append({"type": "text-start", "id": self._text})
         out.append({"type": "text-delta", "id": self._text, "delta": event.text})
 
-    def _reasoning_delta(self, event: ReasoningDelta, out: list[Chunk]) -> None:
+    def _on_reasoning_delta(self, event: ReasoningDelta, out: list[Chunk]) -> None:
         if not event.text:
             return
         self._open_step(out)
@@ -299,7 +285,7 @@ class UIMessageEncoder:
             out.append({"type": "reasoning-start", "id": self._reasoning})
         out.append({"type": "reasoning-delta", "id": self._reasoning, "delta": event.text})
 
-    def _args_delta(self, event: ToolArgsDelta, out: list[Chunk]) -> None:
+    def _on_tool_args_delta(self, event: ToolArgsDelta, out: list[Chunk]) -> None:
         self._open_step(out)
         self._close_parts(out)
         call = self._call(event.call_id, event.name)
@@ -314,10 +300,10 @@ class UIMessageEncoder:
                 }
             )
 
-    def _call_started(self, event: ToolCallStarted, out: list[Chunk]) -> None:
+    def _on_tool_call_started(self, event: ToolCallStarted, out: list[Chunk]) -> None:
         self._input(event.call_id, self._call(event.call_id, event.name), event.arguments, out)
 
-    def _call_pending(self, event: ToolCallPending, out: list[Chunk]) -> None:
+    def _on_tool_call_pending(self, event: ToolCallPending, out: list[Chunk]) -> None:
         call = self._call(event.call_id, event.name)
         self._input(event.call_id, call, event.arguments, out)
         if event.awaiting != "approval":
@@ -341,7 +327,7 @@ class UIMessageEncoder:
                 }
             )
 
-    def _progress(self, event: ToolProgress, out: list[Chunk]) -> None:
+    def _on_tool_progress(self, event: ToolProgress, out: list[Chunk]) -> None:
         out.append(
             {
                 "type": "data-tool-progress",
@@ -350,7 +336,7 @@ class UIMessageEncoder:
             }
         )
 
-    def _call_ended(self, event: ToolCallEnded, out: list[Chunk]) -> None:
+    def _on_tool_call_ended(self, event: ToolCallEnded, out: list[Chunk]) -> None:
         call = self._call(event.call_id, event.name)
         if not call.input_sent and event.call_id not in self._segment.resumed:
             try:
@@ -393,11 +379,11 @@ class UIMessageEncoder:
                 {"type": "tool-output-error", "toolCallId": event.call_id, "errorText": text}
             )
 
-    def _usage(self, event: UsageDelta, out: list[Chunk]) -> None:
+    def _on_usage_delta(self, event: UsageDelta, out: list[Chunk]) -> None:
         self._input_tokens += event.prompt_tokens
         self._output_tokens += event.completion_tokens
 
-    def _structured(self, event: Structured, out: list[Chunk]) -> None:
+    def _on_structured(self, event: Structured, out: list[Chunk]) -> None:
         self._open_step(out)
         out.append(
             {
@@ -407,13 +393,13 @@ class UIMessageEncoder:
             }
         )
 
-    def _step_retry(self, event: StepRetry, out: list[Chunk]) -> None:
+    def _on_step_retry(self, event: StepRetry, out: list[Chunk]) -> None:
         self._close_parts(out)
         out.append(
             {"type": "data-step-retry", "data": {"attempt": event.attempt, "error": event.error}}
         )
 
-    def _output_retry(self, event: OutputRetry, out: list[Chunk]) -> None:
+    def _on_output_retry(self, event: OutputRetry, out: list[Chunk]) -> None:
         self._close_parts(out)
         out.append(
             {
@@ -422,11 +408,11 @@ class UIMessageEncoder:
             }
         )
 
-    def _step_completed(self, event: StepCompleted, out: list[Chunk]) -> None:
+    def _on_step_completed(self, event: StepCompleted, out: list[Chunk]) -> None:
         self._close_parts(out)
         self._end_step(out)
 
-    def _run_completed(self, event: RunCompleted, out: list[Chunk]) -> None:
+    def _on_run_completed(self, event: RunCompleted, out: list[Chunk]) -> None:
         self._close_parts(out)
         self._end_step(out)
         self._stop = event.run.stop
@@ -434,32 +420,12 @@ class UIMessageEncoder:
         if event.run.stop is StopReason.CANCELLED:
             out.append({"type": "abort"})
 
-    def _run_failed(self, event: RunFailed, out: list[Chunk]) -> None:
+    def _on_run_failed(self, event: RunFailed, out: list[Chunk]) -> None:
         self._close_parts(out)
         self._end_step(out)
         self._failed = True
         self._stop = StopReason.ERROR
         out.append({"type": "error", "errorText": f"{event.error_type}: {event.message}"})
-
-
-_HANDLERS: dict[type[Any], Callable[[UIMessageEncoder, Any, list[Chunk]], None]] = {
-    RunStarted: UIMessageEncoder._run_started,
-    StepStarted: UIMessageEncoder._step_started,
-    TextDelta: UIMessageEncoder._text_delta,
-    ReasoningDelta: UIMessageEncoder._reasoning_delta,
-    ToolArgsDelta: UIMessageEncoder._args_delta,
-    ToolCallStarted: UIMessageEncoder._call_started,
-    ToolCallPending: UIMessageEncoder._call_pending,
-    ToolProgress: UIMessageEncoder._progress,
-    ToolCallEnded: UIMessageEncoder._call_ended,
-    UsageDelta: UIMessageEncoder._usage,
-    Structured: UIMessageEncoder._structured,
-    StepRetry: UIMessageEncoder._step_retry,
-    OutputRetry: UIMessageEncoder._output_retry,
-    StepCompleted: UIMessageEncoder._step_completed,
-    RunCompleted: UIMessageEncoder._run_completed,
-    RunFailed: UIMessageEncoder._run_failed,
-}
 
 
 def encode(
@@ -482,30 +448,7 @@ def ui_message_chunks(
     Serialize each chunk with ``json.dumps`` into ``data:`` lines and end with
     :data:`DONE`.
     """
-
-    def operator(source: Observable[AgentEvent]) -> Observable[Chunk]:
-        def subscribe(
-            observer: abc.ObserverBase[Chunk], scheduler: abc.SchedulerBase | None = None
-        ) -> abc.DisposableBase:
-            encoder = UIMessageEncoder(run_id=run_id, approvals=approvals)
-
-            def on_next(event: AgentEvent) -> None:
-                for chunk in encoder.feed(event):
-                    observer.on_next(chunk)
-
-            def on_completed() -> None:
-                for chunk in encoder.close():
-                    observer.on_next(chunk)
-                observer.on_completed()
-
-            subscription = source.subscribe(
-                on_next, observer.on_error, on_completed, scheduler=scheduler
-            )
-            return Disposable(subscription.dispose)
-
-        return Observable(subscribe)
-
-    return operator
+    return encoder_operator(lambda: UIMessageEncoder(run_id=run_id, approvals=approvals))
 
 
 # -- useChat's messages ----------------------------------------------------------------

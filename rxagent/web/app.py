@@ -10,8 +10,9 @@ Routes (relative to where the app is mounted)::
     GET  /runs/{id}/ai-sdk       the AI SDK UI message stream of the run (?after=N resumes;
                                  ?approvals=0 for AI SDK 5)
     GET  /runs/{id}/ag-ui        AG-UI events of the run (?after=N, ?thread_id=...)
-    POST /runs/{id}/approvals    {call_id, decision: approve|reject, arguments?, reason?}
-                                 (or a list of them) -> 202 {run_id, after}
+    POST /runs/{id}/approvals    {call_id, decision: approve|reject, arguments?, reason?},
+                                 or {"decisions": [...]} -> 202 {run_id, after}: the run
+                                 resumed; its new events follow index ``after``
     POST /runs/{id}/cancel       -> 202
     POST /ai-sdk/chat            useChat's POST body -> the UI message stream
     POST /ag-ui                  AG-UI's RunAgentInput -> AG-UI events
@@ -51,8 +52,8 @@ from rxagent.messages import Conversation
 from rxagent.state import RunStatus
 from rxagent.web import ai_sdk
 from rxagent.web.agui import AGUIEncoder, conversation_from_agui, resume_decisions, wire
-from rxagent.web.hub import CallDecision, HubError, LocalHub, Principal, RunHub
-from rxagent.web.native import HEARTBEAT, MEDIA_TYPE, data_frame, frame, state_json
+from rxagent.web.hub import CallDecision, HubError, LocalHub, Page, Principal, RunHub
+from rxagent.web.native import HEARTBEAT, MEDIA_TYPE, comment, data_frame, frame, state_json
 
 __all__ = ["PAGE", "AuthHook", "create_app"]
 
@@ -97,7 +98,7 @@ class _DecisionBody(BaseModel):
             raise ValueError("`arguments` go with an approval, not a rejection")
         return self
 
-    def decision_(self) -> CallDecision:
+    def to_decision(self) -> CallDecision:
         return CallDecision(self.call_id, self.decision, self.arguments, self.reason)
 
 
@@ -135,11 +136,10 @@ def _parse(model: type[Any], raw: bytes) -> Any:
 
 # -- the app -----------------------------------------------------------------------------
 class _Routes:
-    def __init__(self, hub: RunHub, auth: AuthHook | None, heartbeat: float, page: bool):
+    def __init__(self, hub: RunHub, auth: AuthHook | None, heartbeat: float) -> None:
         self.hub = hub
         self.auth = auth
         self.heartbeat = heartbeat
-        self.page = page
 
     async def principal(self, request: Request) -> Principal:
         if self.auth is None:
@@ -202,9 +202,9 @@ class _Routes:
         )
         parsed = _parse(model, raw)
         decisions = (
-            [d.decision_() for d in parsed.decisions]
+            [d.to_decision() for d in parsed.decisions]
             if isinstance(parsed, _DecisionsBody)
-            else [parsed.decision_()]
+            else [parsed.to_decision()]
         )
         run_id = request.path_params["run_id"]
         index = await self.hub.decide(run_id, decisions, principal=principal)
@@ -242,32 +242,52 @@ class _Routes:
             # Nothing will ever follow: 204 tells an EventSource to stop reconnecting.
             return Response(status_code=204)
 
-        async def body() -> AsyncIterator[str]:
-            position = after
-            try:
-                while True:
-                    page = await self.hub.read(
-                        run_id, position, principal=principal, wait=self.heartbeat
-                    )
-                    if page.events:
-                        start = page.start
-                        yield "".join(
-                            [
-                                frame(start + i, event.type, text)
-                                for i, (event, text) in enumerate(
-                                    zip(page.events, page.json, strict=True)
-                                )
-                            ]
-                        )
-                        position = page.last
-                    elif not page.finished(False):
-                        yield HEARTBEAT
-                    if page.finished(False):
-                        return
-            except HubError as error:  # the run expired, or the hub closed
-                yield f": {error.message}\n\n"
+        def render(page: Page) -> str:
+            start = page.start
+            return "".join(
+                [
+                    frame(start + i, event.type, text)
+                    for i, (event, text) in enumerate(zip(page.events, page.json, strict=True))
+                ]
+            )
 
-        return StreamingResponse(body(), media_type=MEDIA_TYPE, headers=_SSE_HEADERS)
+        body = self._follow(run_id, principal, after, render, stop_at_pause=False)
+        return StreamingResponse(body, media_type=MEDIA_TYPE, headers=_SSE_HEADERS)
+
+    async def _follow(
+        self,
+        run_id: str,
+        principal: Principal,
+        after: int | None,
+        render: Callable[[Page], str],
+        *,
+        stop_at_pause: bool,
+        end: Callable[[], str] | None = None,
+    ) -> AsyncIterator[str]:
+        """The run's log after ``after``, each page rendered, until the log ends (or
+        pauses, with ``stop_at_pause``), then ``end()``; a heartbeat when idle."""
+        position = after
+        try:
+            while True:
+                page = await self.hub.read(
+                    run_id,
+                    position,
+                    principal=principal,
+                    wait=self.heartbeat,
+                    stop_at_pause=stop_at_pause,
+                )
+                if page.events:
+                    yield render(page)
+                    position = page.last
+                elif not page.finished(stop_at_pause):
+                    yield HEARTBEAT
+                if page.finished(stop_at_pause):
+                    break
+        except HubError as error:  # the run expired, or the hub closed
+            yield comment(error.message)
+            return
+        if end is not None:
+            yield end()
 
     async def _encoded(
         self,
@@ -285,9 +305,9 @@ class _Routes:
         (their output dropped), so the stream is the rest of the whole run's stream;
         without, the encoder starts at ``after + 1`` (a resumed segment, for a client
         that has what came before)."""
-        position: int | None = None
-        try:
-            if prime and after is not None:
+        if prime and after is not None:
+            position: int | None = None
+            try:
                 while (-1 if position is None else position) < after:
                     page = await self.hub.read(
                         run_id,
@@ -301,34 +321,27 @@ class _Routes:
                     if page.last is None:
                         break
                     position = page.last
-            else:
-                position = after
-            while True:
-                page = await self.hub.read(
-                    run_id,
-                    position,
-                    principal=principal,
-                    wait=self.heartbeat,
-                    stop_at_pause=True,
-                )
-                if page.events:
-                    start = page.start
-                    yield "".join(
-                        [
-                            data_frame(dump(item), start + offset)
-                            for offset, event in enumerate(page.events)
-                            for item in encoder.feed(event)
-                        ]
-                    )
-                    position = page.last
-                elif not page.finished(True):
-                    yield HEARTBEAT
-                if page.finished(True):
-                    break
-        except HubError as error:  # the run expired, or the hub closed
-            yield f": {error.message}\n\n"
-            return
-        yield "".join(data_frame(dump(item)) for item in encoder.close()) + done
+            except HubError as error:
+                yield comment(error.message)
+                return
+
+        def render(page: Page) -> str:
+            start = page.start
+            return "".join(
+                [
+                    data_frame(dump(item), start + offset)
+                    for offset, event in enumerate(page.events)
+                    for item in encoder.feed(event)
+                ]
+            )
+
+        def end() -> str:
+            return "".join(data_frame(dump(item)) for item in encoder.close()) + done
+
+        async for text in self._follow(
+            run_id, principal, after, render, stop_at_pause=True, end=end
+        ):
+            yield text
 
     def _ai_sdk_response(
         self,
@@ -483,7 +496,7 @@ def create_app(
         if agents is not None:
             raise TypeError("give `agents` or a `hub`, not both (the hub has the agents)")
         owned = False
-    routes = _Routes(hub, auth, heartbeat, page)
+    routes = _Routes(hub, auth, heartbeat)
     table = [
         Route("/agents", routes.agents, methods=["GET"]),
         Route("/runs", routes.start, methods=["POST"]),

@@ -11,7 +11,6 @@ is the demo's offline model on a loopback server, reached through the real
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -96,13 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--port", type=int, default=8000, help="port, 0 for a free one (default: %(default)s)"
     )
-    parser.add_argument("--model", default="gpt-4o-mini", help="model name (default: %(default)s)")
-    parser.add_argument("--base-url", help="an OpenAI-compatible server")
-    parser.add_argument("--api-key", help="API key (default: $OPENAI_API_KEY)")
-    parser.add_argument("--offline", action="store_true", help="use the offline demo model")
-    parser.add_argument(
-        "--pace", type=float, default=1.0, metavar="FACTOR", help="scale the demo's waits"
-    )
+    terminal_demo.add_model_options(parser)
     parser.add_argument(
         "--no-approval", action="store_true", help="let calculate run without asking"
     )
@@ -114,12 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.pace < 0:
         build_parser().error("--pace must not be negative")
-    offline = args.offline or not (
-        args.base_url
-        or args.api_key
-        or os.environ.get("OPENAI_API_KEY")
-        or os.environ.get("OPENAI_BASE_URL")
-    )
+    offline = terminal_demo.is_offline(args)
     provider = None
     if not offline:
         from rxagent.providers.openai import OpenAIProvider

@@ -434,10 +434,10 @@ class LocalHub(RunHub):
             for decision in decisions:
                 if decision.decision == "approve":
                     conversation.approve(decision.call_id, arguments=decision.arguments)
+                elif decision.reason:
+                    conversation.reject(decision.call_id, decision.reason)
                 else:
-                    conversation.reject(
-                        decision.call_id, decision.reason or "The user declined this call."
-                    )
+                    conversation.reject(decision.call_id)
         except ApprovalError as error:
             raise RunConflict(error.message) from None
         try:

@@ -53,15 +53,19 @@ def serve(
     """Serve ``app`` with uvicorn until interrupted; ``on_ready(url)`` once it listens
     (``port=0`` picks a free port, which the URL then names). Streams still open at
     shutdown (a tab on a paused run) are cut after 2 seconds."""
-    config = uvicorn.Config(
+    _Server(_config(app, host, port, log_level, grace=2), on_ready).run()
+
+
+def _config(app: ASGIApp, host: str, port: int, log_level: str, grace: int) -> uvicorn.Config:
+    # Streams still open at shutdown (on a paused run, they wait) are cut after `grace` s.
+    return uvicorn.Config(
         app,
         host=host,
         port=port,
         log_level=log_level,
         lifespan="on",
-        timeout_graceful_shutdown=2,
+        timeout_graceful_shutdown=grace,
     )
-    _Server(config, on_ready).run()
 
 
 class ServerThread:
@@ -79,17 +83,7 @@ class ServerThread:
     def __init__(
         self, app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
     ) -> None:
-        # Streams still open at shutdown (on a paused run, they wait) are cut after 1 s.
-        config = uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            log_level=log_level,
-            lifespan="on",
-            loop="asyncio",
-            timeout_graceful_shutdown=1,
-        )
-        self._server = _Server(config)
+        self._server = _Server(_config(app, host, port, log_level, grace=1))
         self._thread = threading.Thread(target=self._server.run, name="rxagent-web", daemon=True)
         self.host = host
         self.port = port
