@@ -185,7 +185,20 @@ class RunHub(abc.ABC):
 
     Implementations provide the abstract methods; they must be safe to call from
     the event loop the web app runs on, and :meth:`read` must wake as soon as an
-    event is appended (no polling interval adds latency).
+    event is appended (no polling interval adds latency). What every backend keeps
+    true, and the web app relies on:
+
+    - A run's events have indices 0, 1, 2, ... across all its segments; ``read``
+      returns events strictly after ``after``, in order, with no gap, and each
+      event's JSON as :func:`rxagent.events.dumps` writes it.
+    - The hub follows every run it starts to its end, whoever reads it; a failed
+      run's log ends in ``RunFailed`` (``ops.materialize()``).
+    - ``decide`` works on a copy of the paused run's conversation, resumes it
+      under the same id, and returns the index of the new segment's ``RunStarted``.
+    - A run of another principal, or an expired one, is :class:`RunNotFound`;
+      run ids come from :func:`new_run_id`.
+    - ``info`` is called once per stream request and per ``GET /runs/{id}``: its
+      ``state`` is the fold of the whole log (:func:`rxagent.state.fold`).
     """
 
     @abc.abstractmethod
