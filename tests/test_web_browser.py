@@ -116,8 +116,13 @@ def test_the_chat_page_streams_a_run_takes_an_approval_and_shows_it_in_two_windo
             browser, ec.element_to_be_clickable(css('.tool[data-status="pending"] button.approve'))
         )
 
-        # Approve in the first window: both go on live to the answer.
+        # Approve in the first window, with edited arguments: both go on live to the answer.
         browser.switch_to.window(first)
+        row = browser.find_element(By.CSS_SELECTOR, '.tool[data-status="pending"]')
+        row.find_element(By.CSS_SELECTOR, "button.edit").click()
+        editor = row.find_element(By.CSS_SELECTOR, "textarea.edited")
+        editor.clear()
+        editor.send_keys('{"expression": "6 * 7"}')
         pending.click()
         for handle in (first, second):
             browser.switch_to.window(handle)
@@ -129,9 +134,33 @@ def test_the_chat_page_streams_a_run_takes_an_approval_and_shows_it_in_two_windo
                 By.XPATH, "//div[contains(@class,'tool')][.//span[text()='calculate']]"
             )
             assert calculate.get_attribute("data-status") == "completed"
+            assert calculate.find_element(By.CSS_SELECTOR, ".result").text == "42"
             assert calculate.find_elements(By.CSS_SELECTOR, "button.approve") == []
             transcripts.append(browser.find_element(By.ID, "transcript").text)
             assert "tokens" in browser.find_element(By.ID, "usage").text
         assert transcripts[0] == transcripts[1]
-        assert "17 * 23 + 4 = 395." in transcripts[0]
+        assert "17 * 23 + 4 = 42." in transcripts[0]  # the demo model reads the edited result
         assert "Tell me about ReactiveX." in transcripts[0]
+
+        # A follow-up continues the conversation in a new run.
+        browser.switch_to.window(first)
+        browser.find_element(By.ID, "prompt").send_keys("Thanks! And now?")
+        browser.find_element(By.ID, "send").click()
+        wait_for(browser, lambda d: d.current_url != url)
+        wait_for(browser, ec.text_to_be_present_in_element(css("#status"), "completed"))
+        transcript = browser.find_element(By.ID, "transcript").text
+        earlier, later = transcript.split("Thanks! And now?")
+        assert "Tell me about ReactiveX." in earlier and "17 * 23 + 4 = 42." in later
+
+        # Cancel a run that waits for a decision: its waiting call is dropped.
+        browser.find_element(By.ID, "new").click()
+        browser.find_element(By.ID, "prompt").send_keys("Once more.")
+        browser.find_element(By.ID, "send").click()
+        wait_for(browser, ec.element_to_be_clickable(css('.tool[data-status="pending"] .approve')))
+        browser.find_element(By.ID, "cancel").click()
+        wait_for(browser, ec.text_to_be_present_in_element(css("#status"), "cancelled"))
+        calculate = browser.find_element(
+            By.XPATH, "//div[contains(@class,'tool')][.//span[text()='calculate']]"
+        )
+        assert calculate.get_attribute("data-status") == "cancelled"
+        assert calculate.find_elements(By.CSS_SELECTOR, "button") == []

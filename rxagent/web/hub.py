@@ -299,6 +299,8 @@ class _Entry:
     """One run in a LocalHub: its log, its fold, the run under way, its readers' wake-up."""
 
     __slots__ = (
+        "_folded",
+        "_state",
         "agent",
         "created_at",
         "ended_at",
@@ -309,7 +311,6 @@ class _Entry:
         "run",
         "run_id",
         "segments",
-        "state",
         "subscription",
         "waiters",
     )
@@ -321,7 +322,8 @@ class _Entry:
         self.created_at = time.time()
         self.events: list[AgentEvent] = []
         self.json: list[str | None] = []
-        self.state = RunState(input)
+        self._state = RunState(input)
+        self._folded = 0
         self.segments: list[int] = []
         self.run: Run | None = None
         self.subscription: rx_abc.DisposableBase | None = None
@@ -341,8 +343,17 @@ class _Entry:
     def append(self, event: AgentEvent) -> None:
         self.events.append(event)
         self.json.append(None)
-        self.state = self.state.apply(event)
         self.wake()
+
+    @property
+    def state(self) -> RunState:
+        """The fold of the log (folded when asked, from where the last fold stopped)."""
+        if self._folded < len(self.events):
+            state = self._state
+            for event in self.events[self._folded :]:
+                state = state.apply(event)
+            self._state, self._folded = state, len(self.events)
+        return self._state
 
     def json_of(self, start: int, stop: int) -> list[str]:
         # Serialized once, when first read, and shared by every reader.
