@@ -66,6 +66,30 @@ async def test_a_resumed_run_continues_its_log_and_its_fold() -> None:
     await hub.close()
 
 
+async def test_the_fold_opens_a_new_segment_at_a_run_started_after_the_end() -> None:
+    hub = LocalHub({"bank": bank_agent()})
+    run_id = await hub.start("bank", "pay")
+    paused = [e for _, e in await collect(hub, run_id, stop_at_pause=True)]
+    index = await hub.decide(run_id, [CallDecision("call_pay", "approve")])
+    resumed = [e for _, e in await collect(hub, run_id, after=index - 1)]
+    await hub.close()
+    at_pause = fold(paused)
+    assert at_pause.status is RunStatus.PAUSED and at_pause.pending and at_pause.step == 1
+    reopened = at_pause.apply(resumed[0])  # the resumed segment's RunStarted
+    assert reopened.status is RunStatus.RUNNING and reopened.step == 0
+    assert (reopened.result, reopened.stop, reopened.pending, reopened.ended_at) == (
+        None,
+        None,
+        (),
+        None,
+    )
+    assert reopened.input == tuple(resumed[0].input)  # type: ignore[union-attr]
+    assert at_pause.status is RunStatus.PAUSED  # the fold is pure
+    final = fold(resumed, reopened)
+    assert final.status is RunStatus.COMPLETED and final.steps == 2
+    assert final.calls["call_pay"].status is ra.ToolCallStatus.COMPLETED
+
+
 async def test_finished_runs_expire_after_the_ttl_and_running_ones_never() -> None:
     now = [1000.0]
     hub = LocalHub(
