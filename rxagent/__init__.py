@@ -2,7 +2,7 @@
 
 from typing import TYPE_CHECKING
 
-from rxagent import approval, events, live, ops, policies, viz
+from rxagent import approval, events, live, ops, policies, state, viz
 from rxagent.agent import DEFAULT_POLICY, Agent, Run, collect_final
 from rxagent.aio import from_async_iterable, to_async_iterable
 from rxagent.errors import (
@@ -11,8 +11,10 @@ from rxagent.errors import (
     OutputValidationError,
     ProviderError,
     ToolArgumentsError,
+    ToolCancelled,
     ToolError,
     ToolExecutionError,
+    ToolOutputError,
     ToolsFailed,
     ToolTimeoutError,
     UnknownToolError,
@@ -32,6 +34,8 @@ from rxagent.messages import (
 )
 from rxagent.policies import LoopState, Policy, StepOutcome, StopReason
 from rxagent.providers import Provider, ProviderRequest, ScriptedProvider, scripted
+from rxagent.state import RunState, RunStatus, StepPhase
+from rxagent.subagents import handoff
 from rxagent.tools import JoinPolicy, Tool, Toolset, tool
 from rxagent.validation import (
     ValidationPolicy,
@@ -75,7 +79,10 @@ __all__ = [
     "ProviderRequest",
     "RetryPolicy",
     "Run",
+    "RunState",
+    "RunStatus",
     "ScriptedProvider",
+    "StepPhase",
     "StepOutcome",
     "StopReason",
     "SystemMessage",
@@ -83,9 +90,11 @@ __all__ = [
     "ToolArgumentsError",
     "ToolCall",
     "ToolCallStatus",
+    "ToolCancelled",
     "ToolError",
     "ToolExecutionError",
     "ToolMessage",
+    "ToolOutputError",
     "ToolTimeoutError",
     "ToolsFailed",
     "Toolset",
@@ -100,10 +109,12 @@ __all__ = [
     "display",
     "events",
     "from_async_iterable",
+    "handoff",
     "live",
     "ops",
     "policies",
     "scripted",
+    "state",
     "to_async_iterable",
     "tool",
     "validate_conversation",

@@ -28,8 +28,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import reactivex as rx
+
 import rxagent as ra
 from rxagent import _terminal
+from rxagent.aio import loop_scheduler
 from rxagent.events import AgentEvent, dumps
 
 DEFAULT_PROMPT = "Tell me about ReactiveX, work out 17 * 23 + 4, and check the weather in Oslo."
@@ -360,12 +363,12 @@ async def _watch(run: ra.Run, args: argparse.Namespace, out: Any) -> int:
         view.write(view.paint(f"> {args.prompt}", "1") + "\n")
         run.subscribe(view.on_event)
 
-    async def tick() -> None:
-        while view is not None:
-            await asyncio.sleep(0.08)
+    # The spinners turn a dozen times a second, on the event loop's clock.
+    def tick(_: int) -> None:
+        if view is not None:
             view.tick()
 
-    ticker = asyncio.ensure_future(tick())
+    ticker = rx.interval(0.08, scheduler=loop_scheduler()).subscribe(tick)
     try:
         await ra.collect_final(run)
         return 0
@@ -387,7 +390,7 @@ async def _watch(run: ra.Run, args: argparse.Namespace, out: Any) -> int:
             await asyncio.wait_for(ra.collect_final(run), 2)
         return 130
     finally:
-        ticker.cancel()
+        ticker.dispose()
 
 
 def _elapsed(view: _terminal.View) -> float:

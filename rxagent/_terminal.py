@@ -14,9 +14,10 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TextIO
 
+from rxagent._text import clip, one_line
 from rxagent.events import (
     AgentEvent,
     ReasoningDelta,
@@ -32,6 +33,8 @@ from rxagent.events import (
 from rxagent.events import (
     AgentRun as AgentRunResult,
 )
+from rxagent.messages import ToolCallStatus
+from rxagent.state import RunState, ToolCallState
 
 __all__ = ["LiveView", "PlainView", "Symbols", "View", "is_live", "summary", "wants_color"]
 
@@ -70,35 +73,31 @@ class Symbols:
         return fancy
 
 
-@dataclass
-class _Call:
-    call_id: str
-    name: str
-    arguments_text: str = ""
-    arguments: dict[str, Any] | None = None
-    state: str = "writing"  # writing -> running -> ok | failed
-    progress: str = ""
-    result: str = ""
-    # Wall-clock times from the events: ends are emitted in call order, so a fast
-    # call's ToolCallEnded may arrive well after the call really ended.
-    started: float = field(default_factory=time.time)
-    ended: float | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.state in ("ok", "failed")
-
-    def signature(self) -> str:
-        if self.arguments is None:  # still streaming: the JSON so far
-            return f"{self.name} {self.arguments_text}"
-        shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in self.arguments.items())
-        return f"{self.name}({shown})"
+_OK = ToolCallStatus.COMPLETED
+_ENDED = frozenset(
+    {
+        ToolCallStatus.COMPLETED,
+        ToolCallStatus.FAILED,
+        ToolCallStatus.REJECTED,
+        ToolCallStatus.CANCELLED,
+    }
+)
 
 
-def _one_line(value: Any, limit: int = 72) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _signature(call: ToolCallState) -> str:
+    if call.arguments is None:  # still streaming: the JSON so far
+        return f"{call.name} {call.arguments_text}"
+    shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in call.arguments.items())
+    return f"{call.name}({shown})"
+
+
+def _result(call: ToolCallState) -> str:
+    return one_line(call.output if call.error is None else call.error)
+
+
+def _took(call: ToolCallState, now: float) -> float:
+    started = call.started_at if call.started_at is not None else now
+    return (call.ended_at or now) - started
 
 
 def _progress_text(data: Any) -> str:
@@ -109,7 +108,21 @@ def _progress_text(data: Any) -> str:
             return f"{stage} {done}/{total}"
         if stage is not None:
             return str(stage)
-    return _one_line(data, 40)
+    return one_line(data, 40)
+
+
+def _nested_tail(call: ToolCallState, s: Symbols) -> str:
+    """What a sub-agent is doing, for its call's line: a call it runs, or its text."""
+    nested = call.nested
+    while nested is not None:
+        running = [c for c in nested.calls.values() if not c.status.is_final]
+        if not running:
+            return f"{s.arrow} {one_line(nested.step_text[-60:] or 'thinking' + s.ellipsis)}"
+        deeper = running[-1]
+        if deeper.nested is None:
+            return f"{s.arrow} {_signature(deeper)}"
+        nested = deeper.nested
+    return f"running{s.ellipsis}"
 
 
 def summary(run: AgentRunResult, *, seconds: float, failed_calls: int, rule: str = "-") -> str:
@@ -129,14 +142,17 @@ def summary(run: AgentRunResult, *, seconds: float, failed_calls: int, rule: str
 
 
 class View:
-    """What the views share: the calls of the current step and the run's counts."""
+    """What the views share: the run's state (a fold of its events) and the output.
+
+    The calls drawn come from :class:`~rxagent.state.RunState`, the fold every view
+    shares; the text is written as it streams.
+    """
 
     def __init__(self, out: TextIO, *, color: bool) -> None:
         self.out = out
         self.color = color
         self.symbols = Symbols.for_stream(out)
-        self.calls: dict[str, _Call] = {}
-        self.failed_calls = 0
+        self.state = RunState()
         self.line_open = False  # the cursor is after streamed text, mid-line
         self.started = time.monotonic()
         #: Set when the output went away (``rxagent | head``); nothing is written after.
@@ -162,51 +178,40 @@ class View:
             self.write("\n")
             self.line_open = False
 
-    def call(self, call_id: str, name: str) -> _Call:
-        view = self.calls.get(call_id)
-        if view is None:
-            view = self.calls[call_id] = _Call(call_id, name)
-        return view
+    @property
+    def failed_calls(self) -> int:
+        return sum(1 for c in self.state.calls.values() if c.status is ToolCallStatus.FAILED)
 
     def on_event(self, event: AgentEvent) -> None:
         """Render one event."""
-        if isinstance(event, TextDelta):
-            self.text(event.text)
-        elif isinstance(event, ReasoningDelta):
-            self.text(self.paint(event.text, "2"))
-        elif isinstance(event, ToolArgsDelta):
-            view = self.call(event.call_id, event.name)
-            view.name = view.name or event.name
-            view.arguments_text += event.delta
-            self.changed(view)
-        elif isinstance(event, ToolCallStarted):
-            view = self.call(event.call_id, event.name)
-            view.arguments, view.state, view.started = event.arguments, "running", event.at
-            self.changed(view)
-        elif isinstance(event, ToolProgress):
-            if event.call_id in self.calls:
-                view = self.calls[event.call_id]
-                view.progress = _progress_text(event.data)
-                self.progressed(view)
-        elif isinstance(event, ToolCallEnded):
-            view = self.call(event.call_id, event.name)
-            view.ended = event.at
-            if event.error is None:
-                view.state, view.result = "ok", _one_line(event.output)
-            else:
-                view.state, view.result = "failed", _one_line(event.error)
-                self.failed_calls += 1
-            self.changed(view)
-        elif isinstance(event, StepRetry):
-            self.retried(event)
-        elif isinstance(event, StepCompleted):
+        self.state = self.state.apply(event)
+        kind = type(event)
+        if kind is TextDelta:
+            self.text(event.text)  # type: ignore[union-attr]
+        elif kind is ReasoningDelta:
+            self.text(self.paint(event.text, "2"))  # type: ignore[union-attr]
+        elif kind is ToolProgress:
+            call = self.state.calls.get(event.call_id)  # type: ignore[union-attr]
+            if call is not None:
+                if event.event is not None:  # type: ignore[union-attr]
+                    self.nested(call, event)  # type: ignore[arg-type]
+                else:
+                    self.progressed(call)
+        elif kind in (ToolArgsDelta, ToolCallStarted, ToolCallEnded):
+            self.changed(self.state.calls[event.call_id])  # type: ignore[union-attr]
+        elif kind is StepRetry:
+            self.retried(event)  # type: ignore[arg-type]
+        elif kind is StepCompleted:
             self.step_done()
-        elif isinstance(event, RunCompleted):
+        elif kind is RunCompleted:
             self.step_done()
             self.end_line()
             seconds = time.monotonic() - self.started
             line = summary(
-                event.run, seconds=seconds, failed_calls=self.failed_calls, rule=self.symbols.rule
+                event.run,  # type: ignore[union-attr]
+                seconds=seconds,
+                failed_calls=self.failed_calls,
+                rule=self.symbols.rule,
             )
             self.write(self.paint(line, "2") + "\n")
 
@@ -214,11 +219,15 @@ class View:
     def text(self, text: str) -> None:
         raise NotImplementedError
 
-    def changed(self, view: _Call) -> None:
+    def changed(self, call: ToolCallState) -> None:
         raise NotImplementedError
 
-    def progressed(self, view: _Call) -> None:
+    def progressed(self, call: ToolCallState) -> None:
         raise NotImplementedError
+
+    def nested(self, call: ToolCallState, event: ToolProgress) -> None:
+        """An event of a sub-agent's run (``agent.as_tool()``), under ``call``."""
+        self.progressed(call)
 
     def retried(self, event: StepRetry) -> None:
         self.end_line()
@@ -226,7 +235,7 @@ class View:
         self.write(self.paint(note, "33") + "\n")
 
     def step_done(self) -> None:
-        self.calls = {}
+        """The step ended: its calls are drawn for good."""
 
     def tick(self) -> None:
         """Called a dozen times a second while the run lasts (spinners)."""
@@ -243,20 +252,38 @@ class PlainView(View):
         self.write(text)
         self.line_open = not text.endswith("\n")
 
-    def changed(self, view: _Call) -> None:
+    def changed(self, call: ToolCallState) -> None:
         s = self.symbols
-        if view.state == "running":
+        if call.status is ToolCallStatus.RUNNING:
             self.end_line()
-            self.write(f"  {s.arrow} {view.signature()}\n")
-        elif view.done:
+            self.write(f"  {s.arrow} {_signature(call)}\n")
+        elif call.status.is_final:
             self.end_line()
-            mark = s.ok if view.state == "ok" else s.failed
-            took = (view.ended or view.started) - view.started
-            self.write(f"  {mark} {view.name} {s.arrow} {view.result} ({took:.1f} s)\n")
+            mark = s.ok if call.status is _OK else s.failed
+            took = _took(call, call.ended_at or time.time())
+            self.write(f"  {mark} {call.name} {s.arrow} {_result(call)} ({took:.1f} s)\n")
 
-    def progressed(self, view: _Call) -> None:
+    def progressed(self, call: ToolCallState) -> None:
         self.end_line()
-        self.write(f"    {self.symbols.dot} {view.name}: {view.progress}\n")
+        self.write(f"    {self.symbols.dot} {call.name}: {_progress_text(call.last_progress)}\n")
+
+    def nested(self, call: ToolCallState, event: ToolProgress) -> None:
+        # A sub-agent's run, indented under its call: its tool calls as they end, and
+        # its text once each of its steps is done.
+        inner = event.innermost
+        pad = "    " * (event.depth + 1)
+        s = self.symbols
+        if isinstance(inner, ToolCallEnded):
+            mark = s.ok if inner.error is None else s.failed
+            result = one_line(inner.output if inner.error is None else inner.error)
+            self.end_line()
+            self.write(f"{pad}{mark} {inner.name} {s.arrow} {result}\n")
+        elif isinstance(inner, StepCompleted):
+            for message in inner.outcome.messages:
+                text = getattr(message, "content", None)
+                if message.role == "assistant" and text:
+                    self.end_line()
+                    self.write(f"{pad}{call.name}: {one_line(text, 100)}\n")
 
 
 class LiveView(View):
@@ -264,29 +291,33 @@ class LiveView(View):
 
     def __init__(self, out: TextIO, *, color: bool) -> None:
         super().__init__(out, color=color)
-        self.block: list[_Call] = []  # the calls drawn, in call order
+        self.block: list[str] = []  # the ids of the calls drawn, in call order
         self.drawn = 0  # how many lines the block takes on screen
         self.frame = 0
         self.held: list[str] = []  # text that arrived while calls were live
 
+    def _block_done(self) -> bool:
+        calls = self.state.calls
+        return all(calls[i].status.is_final for i in self.block)
+
     def text(self, text: str) -> None:
-        if self.block and not all(v.done for v in self.block):
+        if self.block and not self._block_done():
             self.held.append(text)  # drawn under the block once its calls end
             return
         self.close_block()
         self.write(text)
         self.line_open = not text.endswith("\n")
 
-    def changed(self, view: _Call) -> None:
-        if view not in self.block:
-            self.block.append(view)
+    def changed(self, call: ToolCallState) -> None:
+        if call.call_id not in self.block:
+            self.block.append(call.call_id)
         self.draw()
-        if self.held and all(v.done for v in self.block):
+        if self.held and self._block_done():
             held, self.held = "".join(self.held), []
             self.close_block()
             self.text(held)
 
-    def progressed(self, view: _Call) -> None:
+    def progressed(self, call: ToolCallState) -> None:
         self.draw()
 
     def step_done(self) -> None:
@@ -303,7 +334,7 @@ class LiveView(View):
 
     def tick(self) -> None:
         self.frame += 1
-        if any(not v.done for v in self.block):
+        if self.block and not self._block_done():
             self.draw()
 
     def draw(self) -> None:
@@ -314,23 +345,27 @@ class LiveView(View):
         s = self.symbols
         now = time.time()
         lines: list[str] = []
-        for view in self.block:
-            if view.state == "ok":
+        for call in (self.state.calls[i] for i in self.block):
+            if call.status is _OK:
                 mark = self.paint(s.ok, "32")
-            elif view.state == "failed":
+            elif call.status.is_final:
                 mark = self.paint(s.failed, "31")
             else:
                 mark = self.paint(s.spinner[self.frame % len(s.spinner)], "36")
-            took = (view.ended or now) - view.started
-            head = _clip(f"{view.signature()}", width // 2)
-            if view.done:
-                tail = f"{s.arrow} {view.result}"
-            elif view.state == "writing":
+            took = _took(call, now)
+            head = clip(_signature(call), width // 2)
+            if call.status.is_final:
+                tail = f"{s.arrow} {_result(call)}"
+            elif call.status is ToolCallStatus.REQUESTED:
                 tail = f"writing arguments{s.ellipsis}"
+            elif call.nested is not None:
+                tail = _nested_tail(call, s)
+            elif call.progress:
+                tail = _progress_text(call.last_progress)
             else:
-                tail = view.progress or f"running{s.ellipsis}"
+                tail = f"running{s.ellipsis}"
             budget = max(8, width - len(head) - 14)
-            line = f"  {mark} {head} {self.paint(_clip(tail, budget), '2')} "
+            line = f"  {mark} {head} {self.paint(clip(tail, budget), '2')} "
             lines.append(line + self.paint(f"{took:.1f}s", "2"))
         # Move up to the block's first line, then rewrite every line of it.
         moves = f"\x1b[{self.drawn}F" if self.drawn else ""
@@ -340,10 +375,6 @@ class LiveView(View):
     def failed(self, error: BaseException) -> None:
         self.close_block()
         super().failed(error)
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: max(1, limit - 3)] + "..."
 
 
 def is_live(out: TextIO) -> bool:

@@ -7,69 +7,58 @@ updating in place while it streams::
 
     run = agent.run("Weather in Paris and Oslo?")
     shown = ra.display(run)     # returns at once; the kernel goes on serving
-    view = await shown          # optional: wait for the end (the final RunView)
+    state = await shown         # optional: wait for the end (the final RunState)
 
 In Jupyter (an IPython kernel) the run is one output, updated through
 IPython's display-update mechanism (``display(..., display_id=...)`` then
 ``update_display``); elsewhere it is written to ``sys.stdout`` as plain text:
 the text as it arrives, a line when a tool call changes state, and a summary.
-Updates are coalesced (at most one every ``interval`` seconds, on the event
-loop the run lives on), so a 100k-token run publishes a few dozen updates,
-not 100k; the final state is always published.
+Updates are coalesced (Rx ``sample``: at most one every ``interval`` seconds),
+so a 100k-token run publishes a few dozen updates, not 100k; the final state
+is always published.
 
-:class:`RunView` is the state the display shows (a fold of the events), for
-anyone building a UI of their own. IPython is imported only when the notebook
-display is used.
+The display is a thin view over :class:`~rxagent.state.RunState`, the fold of
+the run's events that every view shares; :func:`render_text`,
+:func:`render_html` and :func:`summary` render one, for anyone building a UI
+of their own. IPython is imported only when the notebook display is used.
 """
 
 from __future__ import annotations
 
 import asyncio
 import html
-import json
 import logging
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Protocol, TextIO
 
+import reactivex as rx
 from reactivex import Observable, abc
+from reactivex import operators as rx_ops
+from reactivex.disposable import CompositeDisposable
+from reactivex.scheduler.eventloop import AsyncIOThreadSafeScheduler
+from reactivex.subject import Subject
 
-from rxagent.aio import running_loop
-from rxagent.events import (
-    AgentEvent,
-    AgentRun,
-    Paused,
-    RunCompleted,
-    RunFailed,
-    StepCompleted,
-    StepRetry,
-    StepStarted,
-    TextDelta,
-    ToolArgsDelta,
-    ToolCallEnded,
-    ToolCallPending,
-    ToolCallStarted,
-    ToolProgress,
-    UsageDelta,
-)
-from rxagent.messages import ToolCallStatus, Usage
-from rxagent.policies import StopReason
+from rxagent._text import one_line, preview
+from rxagent.aio import current_loop
+from rxagent.events import AgentEvent
+from rxagent.messages import ToolCallStatus
+from rxagent.state import RunState, RunStatus, ToolCallState
 
 __all__ = [
-    "CallRow",
-    "CallState",
     "NotebookPublisher",
     "Publisher",
     "RunDisplay",
     "RunStatus",
-    "RunView",
     "TextPublisher",
+    "bundle",
     "display",
+    "render_html",
+    "render_text",
+    "summary",
 ]
 
 log = logging.getLogger("rxagent")
@@ -78,383 +67,168 @@ log = logging.getLogger("rxagent")
 _PREVIEW = 60
 
 
-class CallState(StrEnum):
-    """Where a tool call is, as the display shows it."""
-
-    #: The model is still writing its arguments, or it waits for a free slot.
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    #: Stopped before it ended (the run was cancelled, or another call failed fast).
-    CANCELLED = "cancelled"
-    #: Refused by an approval strategy or a human.
-    REJECTED = "rejected"
-    AWAITING_APPROVAL = "waiting for approval"
-    #: Deferred to a later time.
-    SCHEDULED = "scheduled"
-
-    @property
-    def is_final(self) -> bool:
-        return self in (CallState.DONE, CallState.FAILED, CallState.CANCELLED, CallState.REJECTED)
+# -- rendering a RunState ------------------------------------------------------------
+def label(call: ToolCallState) -> str:
+    """What a call's state column shows: its status, or what a pending call waits for."""
+    if call.status is ToolCallStatus.PENDING:
+        return "scheduled" if call.awaiting == "schedule" else "waiting for approval"
+    return call.status.value
 
 
-class RunStatus(StrEnum):
-    """Where the run is, as the display shows it."""
-
-    #: Nothing has arrived yet.
-    WAITING = "waiting"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    PAUSED = "paused"
-    CANCELLED = "cancelled"
-    FAILED = "failed"
-    #: The stream ended without a ``RunCompleted`` (a ``take_until`` cut it short, say).
-    ENDED = "ended"
+def arguments_preview(call: ToolCallState) -> str:
+    text = preview(call.arguments) if call.arguments is not None else call.arguments_text
+    return one_line(text, _PREVIEW, ellipsis="…")
 
 
-@dataclass
-class CallRow:
-    """One tool call: its name, arguments, state and timing (``time.time()`` values)."""
-
-    call_id: str
-    name: str
-    step: int
-    state: CallState = CallState.QUEUED
-    #: The arguments, once complete and valid (``ToolCallStarted``).
-    arguments: dict[str, Any] | None = None
-    #: The JSON arguments text as the model streams it.
-    arguments_text: str = ""
-    started_at: float | None = None
-    ended_at: float | None = None
-    output: Any = None
-    error: str | None = None
-    #: How many ``ToolProgress`` items a streaming tool has produced.
-    progress: int = 0
-
-    def elapsed(self, now: float | None = None) -> float | None:
-        """Seconds the call ran (so far, while it runs); ``None`` if it never started."""
-        if self.started_at is None:
-            return None
-        if self.ended_at is not None:
-            return max(0.0, self.ended_at - self.started_at)
-        if self.state is CallState.RUNNING:
-            return max(0.0, (time.time() if now is None else now) - self.started_at)
-        return None
-
-    @property
-    def arguments_preview(self) -> str:
-        if self.arguments is not None:
-            text = json.dumps(self.arguments, ensure_ascii=False, default=str)
-        else:
-            text = self.arguments_text
-        return _shorten(text)
-
-    @property
-    def result_preview(self) -> str:
-        if self.error is not None:
-            return _shorten(self.error)
-        if self.state is CallState.DONE:
-            text = self.output if isinstance(self.output, str) else _json(self.output)
-            return _shorten(text)
-        if self.progress:
-            return f"{self.progress} progress item{'s' if self.progress != 1 else ''}"
-        return ""
+def result_preview(call: ToolCallState) -> str:
+    if call.error is not None:
+        return one_line(call.error, _PREVIEW, ellipsis="…")
+    if call.status is ToolCallStatus.COMPLETED:
+        return one_line(call.output, _PREVIEW, ellipsis="…")
+    if call.progress:
+        return f"{call.progress} progress item{'s' if call.progress != 1 else ''}"
+    return ""
 
 
-class RunView:
-    """What a run has shown so far: text per step, tool-call rows, usage and status.
+def summary(state: RunState, now: float | None = None) -> str:
+    """One line: status, steps, time, usage."""
+    now = time.time() if now is None else now
+    if state.status is RunStatus.RUNNING:
+        head = f"step {state.step} · running"
+    elif state.status is RunStatus.COMPLETED and state.stop is not None:
+        head = f"completed ({state.stop.value})"
+    elif state.status is RunStatus.FAILED:
+        head = f"failed: {state.error}"
+    elif state.status is RunStatus.PAUSED:
+        waiting = sum(1 for c in state.calls.values() if c.status is ToolCallStatus.PENDING)
+        head = f"paused: {waiting} call{'s' if waiting != 1 else ''} waiting"
+    else:
+        head = state.status.value
+    parts = [head]
+    if state.steps:
+        parts.append(f"{state.steps} step{'s' if state.steps != 1 else ''}")
+    elapsed = state.elapsed(now)
+    if elapsed is not None:
+        parts.append(f"{elapsed:.2f} s")
+    usage = state.usage
+    parts.append(f"tokens {usage.prompt_tokens} prompt + {usage.completion_tokens} completion")
+    return " · ".join(parts)
 
-    A fold of the run's events: feed it with :meth:`apply` (and :meth:`fail` /
-    :meth:`end` when the stream ends); render it with :meth:`render_text`,
-    :meth:`render_html` or :meth:`bundle`. Times are wall-clock
-    (``time.time()``), as on the events.
-    """
 
-    def __init__(self) -> None:
-        self.status = RunStatus.WAITING
-        #: The step under way (or the last one).
-        self.step = 0
-        #: Steps completed.
-        self.steps = 0
-        # The text pieces of each step; joined only when the view is rendered, so a
-        # long run costs O(1) per piece.
-        self._pieces: dict[int, list[str]] = {}
-        self.calls: dict[str, CallRow] = {}
-        self.usage = Usage()
-        self.started_at: float | None = None
-        self.ended_at: float | None = None
-        self.stop: StopReason | None = None
-        #: The error, as ``"ErrorType: message"``, when the run failed.
-        self.error: str | None = None
-        #: The final run, once ``RunCompleted`` arrived.
-        self.result: AgentRun | None = None
-        #: How many events were applied.
-        self.events = 0
+_COLUMNS = ("step", "tool", "arguments", "state", "elapsed", "result")
 
-    # -- folding events ------------------------------------------------------------
-    @property
-    def done(self) -> bool:
-        return self.status not in (RunStatus.WAITING, RunStatus.RUNNING)
 
-    @property
-    def texts(self) -> dict[int, str]:
-        """The assistant text of each step so far (a retried step starts again)."""
-        return {step: "".join(pieces) for step, pieces in sorted(self._pieces.items())}
+def _cells(call: ToolCallState, now: float) -> tuple[str, ...]:
+    elapsed = call.elapsed(now)
+    return (
+        str(call.step),
+        call.name,
+        arguments_preview(call),
+        label(call),
+        "" if elapsed is None else f"{elapsed:.2f} s",
+        result_preview(call),
+    )
 
-    @property
-    def text(self) -> str:
-        """The text of every step, a line between steps."""
-        return "\n".join(t for t in self.texts.values() if t)
 
-    @property
-    def rows(self) -> list[CallRow]:
-        """The tool calls in the order they appeared."""
-        return list(self.calls.values())
+def render_text(state: RunState, now: float | None = None) -> str:
+    """The whole state as plain text: a summary line, the text, a table of calls.
 
-    def apply(self, event: AgentEvent) -> None:
-        """Update the view with one event."""
-        self.events += 1
-        if self.status is RunStatus.WAITING:
-            self.status = RunStatus.RUNNING
-        self.step = max(self.step, event.step)
-        if isinstance(event, TextDelta):
-            self._pieces.setdefault(event.step, []).append(event.text)
-        elif isinstance(event, ToolArgsDelta):
-            self._row(event.call_id, event.name, event.step).arguments_text += event.delta
-        elif isinstance(event, ToolCallStarted):
-            row = self._row(event.call_id, event.name, event.step)
-            row.state, row.arguments, row.started_at = CallState.RUNNING, event.arguments, event.at
-        elif isinstance(event, ToolProgress):
-            if event.call_id in self.calls:
-                self.calls[event.call_id].progress += 1
-        elif isinstance(event, ToolCallEnded):
-            self._ended(event)
-        elif isinstance(event, UsageDelta):
-            self.usage = self.usage + Usage(
-                prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens
-            )
-        elif isinstance(event, StepStarted):
-            if self.started_at is None:
-                self.started_at = event.at
-        elif isinstance(event, StepRetry):
-            # The provider starts the turn again: what it streamed so far is void.
-            self._pieces.pop(event.step, None)
-        elif isinstance(event, StepCompleted):
-            self._step_completed(event)
-        elif isinstance(event, Paused):
-            self._paused(event)
-        elif isinstance(event, RunCompleted):
-            self._completed(event)
-        elif isinstance(event, ToolCallPending):
-            row = self._row(event.call_id, event.name, event.step)
-            row.arguments = event.arguments
-            row.state = _waiting(scheduled=event.awaiting == "schedule")
-        elif isinstance(event, RunFailed):
-            self._failed(f"{event.error_type}: {event.message}", event.at)
+    A call to a sub-agent shows that agent's run under its row, indented: its text
+    and its own calls (and theirs, deeper)."""
+    now = time.time() if now is None else now
+    lines = [f"rxagent run · {summary(state, now)}"]
+    if state.text:
+        lines.append(state.text)
+    if state.calls:
+        calls = list(state.calls.values())
+        table = [_COLUMNS, *(_cells(call, now) for call in calls)]
+        widths = [max(len(r[i]) for r in table) for i in range(len(_COLUMNS))]
+        for i, r in enumerate(table):
+            cells = (c.ljust(w) for c, w in zip(r, widths, strict=True))
+            lines.append(("  " + "  ".join(cells)).rstrip())
+            if i and calls[i - 1].nested is not None:
+                lines += _nested_lines(calls[i - 1], now, "      ")
+    return "\n".join(lines)
 
-    def fail(self, error: BaseException) -> None:
-        """The stream ended with ``error``."""
-        message = getattr(error, "message", None) or str(error)
-        self._failed(f"{type(error).__name__}: {message}", time.time())
 
-    def end(self) -> None:
-        """The stream completed (after ``RunCompleted``, or cut short without one)."""
-        if not self.done:
-            self.status = RunStatus.ENDED
-            self.ended_at = time.time()
-            self._stop_open_calls()
-
-    def _row(self, call_id: str, name: str, step: int) -> CallRow:
-        row = self.calls.get(call_id)
-        if row is None:
-            row = self.calls[call_id] = CallRow(call_id=call_id, name=name, step=step)
-        return row
-
-    def _ended(self, event: ToolCallEnded) -> None:
-        row = self._row(event.call_id, event.name, event.step)
-        row.ended_at, row.output, row.error = event.at, event.output, event.error
-        if event.status is ToolCallStatus.REJECTED:
-            row.state = CallState.REJECTED
-        else:
-            row.state = CallState.DONE if event.error is None else CallState.FAILED
-
-    def _step_completed(self, event: StepCompleted) -> None:
-        outcome = event.outcome
-        self.steps += 1
-        # The outcome knows how calls that never ended finished (cancelled, waiting).
-        for call in outcome.tool_calls:
-            row = self._row(call.id, call.name, event.step)
-            if row.state.is_final:
-                continue
-            state = _STATE_OF_STATUS.get(call.status)
-            if call.status == ToolCallStatus.PENDING:
-                state = _waiting(scheduled=call.not_before is not None)
-            if state is not None and state is not CallState.RUNNING:
-                row.state = state
-                if state is CallState.CANCELLED and row.started_at is not None:
-                    row.ended_at = event.at
-
-    def _paused(self, event: Paused) -> None:
-        for call_id in event.reason.awaiting_approval:
-            self._row(call_id, "?", event.step).state = CallState.AWAITING_APPROVAL
-        for call_id in event.reason.scheduled:
-            self._row(call_id, "?", event.step).state = CallState.SCHEDULED
-
-    def _completed(self, event: RunCompleted) -> None:
-        run = event.run
-        self.result, self.stop, self.ended_at = run, run.stop, event.at
-        # The run's own totals are authoritative (they count every step's usage).
-        self.usage = run.usage
-        self.status = {
-            StopReason.PAUSED: RunStatus.PAUSED,
-            StopReason.CANCELLED: RunStatus.CANCELLED,
-        }.get(run.stop, RunStatus.COMPLETED)
-        for call in run.pending:
-            row = self._row(call.id, call.name, event.step)
-            if not row.state.is_final:
-                row.state = _waiting(scheduled=call.not_before is not None)
-        self._stop_open_calls()
-
-    def _failed(self, message: str, at: float) -> None:
-        self.status, self.error, self.ended_at = RunStatus.FAILED, message, at
-        self._stop_open_calls()
-
-    def _stop_open_calls(self) -> None:
-        # A call still queued or running when the run is over was stopped with it.
-        for row in self.calls.values():
-            if row.state in (CallState.QUEUED, CallState.RUNNING):
-                row.state = CallState.CANCELLED
-                if row.started_at is not None and row.ended_at is None:
-                    row.ended_at = self.ended_at
-
-    # -- rendering -----------------------------------------------------------------
-    def elapsed(self, now: float | None = None) -> float | None:
-        """Seconds since the run started (until it ended, once it has)."""
-        if self.started_at is None:
-            return None
-        end = self.ended_at if self.ended_at is not None else time.time() if now is None else now
-        return max(0.0, end - self.started_at)
-
-    def summary(self, now: float | None = None) -> str:
-        """One line: status, steps, time, usage."""
-        if self.status is RunStatus.RUNNING:
-            head = f"step {self.step} · running"
-        elif self.status is RunStatus.COMPLETED and self.stop is not None:
-            head = f"completed ({self.stop.value})"
-        elif self.status is RunStatus.FAILED:
-            head = f"failed: {self.error}"
-        elif self.status is RunStatus.PAUSED:
-            waiting = sum(
-                1
-                for r in self.calls.values()
-                if r.state in (CallState.AWAITING_APPROVAL, CallState.SCHEDULED)
-            )
-            head = f"paused: {waiting} call{'s' if waiting != 1 else ''} waiting"
-        else:
-            head = self.status.value
-        parts = [head]
-        if self.steps:
-            parts.append(f"{self.steps} step{'s' if self.steps != 1 else ''}")
-        elapsed = self.elapsed(now)
-        if elapsed is not None:
-            parts.append(f"{elapsed:.2f} s")
-        parts.append(
-            f"tokens {self.usage.prompt_tokens} prompt + {self.usage.completion_tokens} completion"
+def _nested_lines(call: ToolCallState, now: float, indent: str) -> list[str]:
+    """A sub-agent's run under its call's row: its text, then its calls, indented."""
+    nested = call.nested
+    if nested is None:
+        return []
+    out = []
+    text = one_line(nested.text, 100, ellipsis="…") if nested.text else ""
+    out.append(f"{indent}↳ {call.name} · {nested.status.value}" + (f": {text}" if text else ""))
+    for inner in nested.calls.values():
+        elapsed = inner.elapsed(now)
+        timing = "" if elapsed is None else f" {elapsed:.2f} s"
+        result = result_preview(inner)
+        out.append(
+            f"{indent}  {inner.name}({arguments_preview(inner)}) {label(inner)}{timing}"
+            + (f" {result}" if result else "")
         )
-        return " · ".join(parts)
+        out += _nested_lines(inner, now, indent + "    ")
+    return out
 
-    def render_text(self, now: float | None = None) -> str:
-        """The whole view as plain text."""
-        lines = [f"rxagent run · {self.summary(now)}"]
-        if self.text:
-            lines.append(self.text)
-        if self.calls:
-            table = [("step", "tool", "arguments", "state", "elapsed", "result")]
-            for row in self.calls.values():
-                elapsed = row.elapsed(now)
-                table.append(
-                    (
-                        str(row.step),
-                        row.name,
-                        row.arguments_preview,
-                        row.state.value,
-                        "" if elapsed is None else f"{elapsed:.2f} s",
-                        row.result_preview,
-                    )
-                )
-            widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-            for r in table:
-                cells = (c.ljust(w) for c, w in zip(r, widths, strict=True))
-                lines.append(("  " + "  ".join(cells)).rstrip())
-        return "\n".join(lines)
 
-    def render_html(self, now: float | None = None) -> str:
-        """The whole view as an HTML fragment (a summary line, the text, a table of calls)."""
-        out = [
-            '<div class="rxagent-run" style="font-family: var(--jp-code-font-family, monospace);'
-            ' font-size: 12px; line-height: 1.4">',
-            f'<div style="color: {_STATUS_COLOUR.get(self.status, "#555")}; font-weight: 600">'
-            f"rxagent run · {html.escape(self.summary(now))}</div>",
-        ]
-        if self.text:
+def render_html(state: RunState, now: float | None = None) -> str:
+    """The whole state as an HTML fragment (a summary line, the text, a table of calls)."""
+    now = time.time() if now is None else now
+    out = [
+        '<div class="rxagent-run" style="font-family: var(--jp-code-font-family, monospace);'
+        ' font-size: 12px; line-height: 1.4">',
+        f'<div style="color: {_STATUS_COLOUR.get(state.status, "#555")}; font-weight: 600">'
+        f"rxagent run · {html.escape(summary(state, now))}</div>",
+    ]
+    if state.text:
+        out.append(
+            '<pre style="white-space: pre-wrap; margin: 4px 0; font-size: 12px">'
+            f"{html.escape(state.text)}</pre>"
+        )
+    if state.calls:
+        cell = 'style="text-align: left; padding: 1px 8px 1px 0"'
+        out.append('<table style="border-collapse: collapse; margin-top: 4px">')
+        out.append("<tr>" + "".join(f"<th {cell}>{h}</th>" for h in _COLUMNS) + "</tr>")
+        for call in state.calls.values():
+            step, name, arguments, shown, elapsed, result = _cells(call, now)
+            colour = _STATUS_OF_CALL_COLOUR[call.status]
             out.append(
-                '<pre style="white-space: pre-wrap; margin: 4px 0; font-size: 12px">'
-                f"{html.escape(self.text)}</pre>"
+                f'<tr data-call-id="{html.escape(call.call_id)}">'
+                f"<td {cell}>{step}</td>"
+                f"<td {cell}>{html.escape(name)}</td>"
+                f"<td {cell}><code>{html.escape(arguments)}</code></td>"
+                f'<td {cell}><span style="color: {colour}">{shown}</span></td>'
+                f"<td {cell}>{elapsed}</td>"
+                f"<td {cell}>{html.escape(result)}</td>"
+                "</tr>"
             )
-        if self.calls:
-            cell = 'style="text-align: left; padding: 1px 8px 1px 0"'
-            out.append('<table style="border-collapse: collapse; margin-top: 4px">')
-            out.append(
-                "<tr>"
-                + "".join(
-                    f"<th {cell}>{h}</th>"
-                    for h in ("step", "tool", "arguments", "state", "elapsed", "result")
-                )
-                + "</tr>"
-            )
-            for row in self.calls.values():
-                elapsed = row.elapsed(now)
-                colour = _STATE_COLOUR[row.state]
+            if call.nested is not None:
+                # The sub-agent's run, nested under its call's row.
                 out.append(
-                    f'<tr data-call-id="{html.escape(row.call_id)}">'
-                    f"<td {cell}>{row.step}</td>"
-                    f"<td {cell}>{html.escape(row.name)}</td>"
-                    f"<td {cell}><code>{html.escape(row.arguments_preview)}</code></td>"
-                    f'<td {cell}><span style="color: {colour}">{row.state.value}</span></td>'
-                    f"<td {cell}>{'' if elapsed is None else f'{elapsed:.2f} s'}</td>"
-                    f"<td {cell}>{html.escape(row.result_preview)}</td>"
-                    "</tr>"
+                    f'<tr data-nested-for="{html.escape(call.call_id)}"><td></td>'
+                    '<td colspan="5" style="border-left: 2px solid #ccc; padding-left: 8px">'
+                    f"{render_html(call.nested, now)}</td></tr>"
                 )
-            out.append("</table>")
-        out.append("</div>")
-        return "".join(out)
-
-    def bundle(self, now: float | None = None) -> dict[str, str]:
-        """The view as a MIME bundle (``text/plain`` and ``text/html``), as IPython shows it."""
-        return {"text/plain": self.render_text(now), "text/html": self.render_html(now)}
-
-    def __repr__(self) -> str:
-        return f"RunView({self.summary()})"
+        out.append("</table>")
+    out.append("</div>")
+    return "".join(out)
 
 
-_STATE_OF_STATUS: dict[ToolCallStatus, CallState] = {
-    ToolCallStatus.COMPLETED: CallState.DONE,
-    ToolCallStatus.FAILED: CallState.FAILED,
-    ToolCallStatus.CANCELLED: CallState.CANCELLED,
-    ToolCallStatus.REJECTED: CallState.REJECTED,
-    ToolCallStatus.RUNNING: CallState.RUNNING,
-}
+def bundle(state: RunState, now: float | None = None) -> dict[str, str]:
+    """The state as a MIME bundle (``text/plain`` and ``text/html``), as IPython shows it."""
+    now = time.time() if now is None else now
+    return {"text/plain": render_text(state, now), "text/html": render_html(state, now)}
 
-_STATE_COLOUR: dict[CallState, str] = {
-    CallState.QUEUED: "#777",
-    CallState.RUNNING: "#1f6fb2",
-    CallState.DONE: "#2b8a3e",
-    CallState.FAILED: "#c92a2a",
-    CallState.CANCELLED: "#777",
-    CallState.REJECTED: "#c92a2a",
-    CallState.AWAITING_APPROVAL: "#d9480f",
-    CallState.SCHEDULED: "#d9480f",
+
+_STATUS_OF_CALL_COLOUR: dict[ToolCallStatus, str] = {
+    ToolCallStatus.REQUESTED: "#777",
+    ToolCallStatus.PENDING: "#d9480f",
+    ToolCallStatus.APPROVED: "#777",
+    ToolCallStatus.RUNNING: "#1f6fb2",
+    ToolCallStatus.COMPLETED: "#2b8a3e",
+    ToolCallStatus.FAILED: "#c92a2a",
+    ToolCallStatus.CANCELLED: "#777",
+    ToolCallStatus.REJECTED: "#c92a2a",
 }
 
 _STATUS_COLOUR: dict[RunStatus, str] = {
@@ -465,27 +239,12 @@ _STATUS_COLOUR: dict[RunStatus, str] = {
 }
 
 
-def _waiting(*, scheduled: bool) -> CallState:
-    return CallState.SCHEDULED if scheduled else CallState.AWAITING_APPROVAL
-
-
-def _json(value: Any) -> str:
-    try:
-        return json.dumps(value, ensure_ascii=False, default=str)
-    except ValueError:  # a circular structure
-        return repr(value)
-
-
-def _shorten(text: str, limit: int = _PREVIEW) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 # -- where updates go ------------------------------------------------------------------
 class Publisher(Protocol):
-    """Shows a :class:`RunView`: called with each coalesced update, ``final`` for the last."""
+    """Shows a :class:`~rxagent.state.RunState`: called with each coalesced update,
+    ``final`` for the last."""
 
-    def publish(self, view: RunView, *, final: bool) -> None: ...
+    def publish(self, state: RunState, *, final: bool) -> None: ...
 
 
 class NotebookPublisher:
@@ -514,13 +273,13 @@ class NotebookPublisher:
         self.display_id = display_id or f"rxagent-{uuid.uuid4().hex}"
         self._shown = False
 
-    def publish(self, view: RunView, *, final: bool) -> None:
-        bundle = view.bundle()
+    def publish(self, state: RunState, *, final: bool) -> None:
+        shown = bundle(state)
         if not self._shown:
             self._shown = True
-            self._display(bundle, raw=True, display_id=self.display_id)
+            self._display(shown, raw=True, display_id=self.display_id)
         else:
-            self._update(bundle, raw=True, display_id=self.display_id)
+            self._update(shown, raw=True, display_id=self.display_id)
 
 
 class TextPublisher:
@@ -533,7 +292,7 @@ class TextPublisher:
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream
         self._written: dict[int, str] = {}
-        self._states: dict[str, CallState] = {}
+        self._labels: dict[str, str] = {}
         self._mid_line = False
 
     @property
@@ -541,22 +300,23 @@ class TextPublisher:
         # Looked up at each write, so pytest's capsys and redirect_stdout see it.
         return self._stream if self._stream is not None else sys.stdout
 
-    def publish(self, view: RunView, *, final: bool) -> None:
+    def publish(self, state: RunState, *, final: bool) -> None:
         out: list[str] = []
-        texts = view.texts
+        texts = state.texts
         for step in [s for s in self._written if s not in texts]:
             # The provider retried the step: what was written of it is void.
             self._line(out, f"(step {step} retried)")
             del self._written[step]
         # Step by step, so a step's tool lines come before the next step's text.
-        steps = sorted({*texts, *(row.step for row in view.calls.values())})
+        steps = sorted({*texts, *(call.step for call in state.calls.values())})
+        now = time.time()
         for step in steps:
             self._text(out, step, texts.get(step, ""))
-            for row in view.calls.values():
-                if row.step == step:
-                    self._row(out, row)
+            for call in state.calls.values():
+                if call.step == step:
+                    self._row(out, call, now)
         if final:
-            self._line(out, f"-- {view.summary()}")
+            self._line(out, f"-- {summary(state)}")
         if out:
             self.stream.write("".join(out))
             self.stream.flush()
@@ -572,17 +332,16 @@ class TextPublisher:
         if text:
             self._written[step] = text
 
-    def _row(self, out: list[str], row: CallRow) -> None:
-        # One line per change of state; "queued" is too brief to be worth a line.
-        if self._states.get(row.call_id) is row.state or row.state is CallState.QUEUED:
+    def _row(self, out: list[str], call: ToolCallState, now: float) -> None:
+        # One line per change of state; "requested" is too brief to be worth a line.
+        shown = label(call)
+        if self._labels.get(call.call_id) == shown or call.status is ToolCallStatus.REQUESTED:
             return
-        self._states[row.call_id] = row.state
-        elapsed = row.elapsed()
-        timing = f" ({elapsed:.2f} s)" if elapsed is not None and row.state.is_final else ""
-        detail = f": {row.result_preview}" if row.error is not None else ""
-        self._line(
-            out, f"[tool] {row.name}({row.arguments_preview}) {row.state.value}{timing}{detail}"
-        )
+        self._labels[call.call_id] = shown
+        elapsed = call.elapsed(now)
+        timing = f" ({elapsed:.2f} s)" if elapsed is not None and call.status.is_final else ""
+        detail = f": {result_preview(call)}" if call.error is not None else ""
+        self._line(out, f"[tool] {call.name}({arguments_preview(call)}) {shown}{timing}{detail}")
 
     def _line(self, out: list[str], line: str) -> None:
         if self._mid_line:
@@ -607,12 +366,17 @@ def in_notebook() -> bool:
 class RunDisplay:
     """A live display attached to a run; made by :func:`display`.
 
-    ``view`` is the state shown, ``updates`` how many times it was published.
-    ``await`` it to wait for the end of the run (it gives the final
-    :class:`RunView` and never raises: a failure is shown, not thrown; use
-    ``ra.collect_final(run)`` for the ``AgentRun`` or the error). ``dispose()``
-    stops updating (and, as for any subscription, cancels the run if the
-    display was its only observer).
+    ``state`` is the :class:`~rxagent.state.RunState` shown (a fold of the
+    events), ``updates`` how many times it was published. ``await`` it to wait
+    for the end of the run (it gives the final state and never raises: a failure
+    is shown, not thrown; use ``ra.collect_final(run)`` for the ``AgentRun`` or
+    the error). ``dispose()`` stops updating (and, as for any subscription,
+    cancels the run if the display was its only observer).
+
+    Coalescing is Rx: each event marks the state changed, and
+    ``sample(interval)`` publishes the latest state at most once per interval;
+    while calls run, ``interval(refresh)`` ticks republish it so their elapsed
+    times move. Both run on ``scheduler`` (default: the event loop's).
     """
 
     def __init__(
@@ -622,28 +386,40 @@ class RunDisplay:
         *,
         interval: float,
         refresh: float | None,
+        scheduler: abc.SchedulerBase | None = None,
     ) -> None:
         if interval < 0:
             raise ValueError(f"interval must be at least 0, got {interval!r}")
         if refresh is not None and refresh <= 0:
             raise ValueError(f"refresh must be positive or None, got {refresh!r}")
-        self.view = RunView()
+        self.state = RunState()
         self.updates = 0
         self._publisher = publisher
-        self._interval = interval
-        self._refresh = refresh
         self._lock = threading.Lock()
         self._finished = False
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[RunView]]] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._last = float("-inf")  # time.monotonic() of the last publish
-        self._dirty = False
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[RunState]]] = []
+        clock = scheduler or AsyncIOThreadSafeScheduler(current_loop())
+        changed: Subject[None] = Subject()
+        self._changed = changed
+        publishing: list[Observable[Any]] = [
+            changed.pipe(rx_ops.sample(interval, scheduler=clock)) if interval > 0 else changed
+        ]
+        if refresh is not None:
+            # Running calls' elapsed times move even when no event arrives.
+            publishing.append(
+                rx.interval(refresh, scheduler=clock).pipe(rx_ops.filter(lambda _: self._ticking()))
+            )
+        self._subscription = CompositeDisposable(
+            rx.merge(*publishing).subscribe(lambda _: self._publish(final=False))
+        )
         # Shown at once, where display() was called (the calling cell's output area).
         self._publish(final=False)
-        self._subscription: abc.DisposableBase = source.subscribe(
-            self._on_next, self._on_error, self._on_completed
-        )
+        self._subscription.add(source.subscribe(self._on_next, self._on_error, self._on_completed))
+
+    @property
+    def view(self) -> RunState:
+        """The state shown (the name of the 0.1 API, where it was a ``RunView``)."""
+        return self.state
 
     @property
     def done(self) -> bool:
@@ -655,15 +431,15 @@ class RunDisplay:
         self._subscription.dispose()
         self._finish(publish=False)
 
-    def __await__(self) -> Generator[Any, None, RunView]:
+    def __await__(self) -> Generator[Any, None, RunState]:
         return self._wait().__await__()
 
-    async def _wait(self) -> RunView:
+    async def _wait(self) -> RunState:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[RunView] = loop.create_future()
+        future: asyncio.Future[RunState] = loop.create_future()
         with self._lock:
             if self._finished:
-                return self.view
+                return self.state
             self._waiters.append((loop, future))
         return await future
 
@@ -671,69 +447,33 @@ class RunDisplay:
     def _on_next(self, event: AgentEvent) -> None:
         if self._finished:
             return
-        self.view.apply(event)
-        self._dirty = True
-        self._request()
+        self.state = self.state.apply(event)
+        self._changed.on_next(None)
 
     def _on_error(self, error: Exception) -> None:
         if not self._finished:
-            self.view.fail(error)
+            self.state = self.state.fail(error, time.time())
             self._finish(publish=True)
 
     def _on_completed(self) -> None:
         if not self._finished:
-            self.view.end()
+            self.state = self.state.end(time.time())
             self._finish(publish=True)
 
-    # -- coalescing -----------------------------------------------------------------
-    def _request(self) -> None:
-        """Publish now, or arrange to publish within ``interval`` seconds."""
-        wait = self._last + self._interval - time.monotonic()
-        if wait <= 0:
-            self._publish(final=False)
-            return
-        loop = running_loop()
-        if loop is None:
-            # Events delivered off any event loop (a plain iterable source, say): no timer
-            # to coalesce with; the final state is still published at the end.
-            return
-        self._schedule(loop, wait)
-
-    def _schedule(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
-        when = loop.time() + delay
-        if self._timer is not None:
-            if self._timer.when() <= when:
-                return  # an earlier flush is due anyway
-            self._timer.cancel()
-        self._loop = loop
-        self._timer = loop.call_at(when, self._flush)
-
-    def _flush(self) -> None:
-        self._timer = None
-        if self._finished:
-            return
-        if self._dirty or self._ticking():
-            self._publish(final=False)
-
     def _ticking(self) -> bool:
-        return self._refresh is not None and any(
-            r.state is CallState.RUNNING for r in self.view.calls.values()
+        return not self._finished and any(
+            c.status is ToolCallStatus.RUNNING for c in self.state.calls.values()
         )
 
     def _publish(self, *, final: bool) -> None:
-        self._dirty = False
-        self._last = time.monotonic()
+        if self._finished and not final:
+            return
         self.updates += 1
         try:
-            self._publisher.publish(self.view, final=final)
+            self._publisher.publish(self.state, final=final)
         except Exception:
             # A broken display must not break the run it shows (nor its other observers).
             log.exception("publishing a run display failed")
-        if not final and self._refresh is not None and self._ticking():
-            # Running calls' elapsed times move even when no event arrives.
-            loop = running_loop()
-            if loop is not None:
-                self._schedule(loop, self._refresh)
 
     def _finish(self, *, publish: bool) -> None:
         with self._lock:
@@ -741,20 +481,15 @@ class RunDisplay:
                 return
             self._finished = True
             waiters, self._waiters = self._waiters, []
-        timer, self._timer = self._timer, None
-        if timer is not None:
-            if self._loop is not None and running_loop() is not self._loop:
-                self._loop.call_soon_threadsafe(timer.cancel)
-            else:
-                timer.cancel()
+        self._subscription.dispose()
         if publish:
             self._publish(final=True)
         for loop, future in waiters:
             if not loop.is_closed():  # its awaiter is gone with it
-                loop.call_soon_threadsafe(_settle, future, self.view)
+                loop.call_soon_threadsafe(_settle, future, self.state)
 
     def __repr__(self) -> str:
-        return f"<RunDisplay {self.view.summary()}>"
+        return f"<RunDisplay {summary(self.state)}>"
 
     def _ipython_display_(self) -> None:
         # The live output is already on screen; echoing the handle as a cell's value
@@ -762,9 +497,9 @@ class RunDisplay:
         return None
 
 
-def _settle(future: asyncio.Future[RunView], view: RunView) -> None:
+def _settle(future: asyncio.Future[RunState], state: RunState) -> None:
     if not future.done():
-        future.set_result(view)
+        future.set_result(state)
 
 
 def display(
@@ -773,6 +508,7 @@ def display(
     interval: float = 0.1,
     refresh: float | None = 1.0,
     publisher: Publisher | None = None,
+    scheduler: abc.SchedulerBase | None = None,
 ) -> RunDisplay:
     """Show ``run`` updating in place while it streams; returns at once.
 
@@ -787,8 +523,10 @@ def display(
     ``interval`` seconds have passed (``0`` publishes every event); the final
     state is always published. While tool calls run, the display is refreshed
     at least every ``refresh`` seconds so their elapsed times move (``None``:
-    only when events arrive).
+    only when events arrive). The timers run on ``scheduler`` (default: the
+    event loop's; a ``reactivex.testing.TestScheduler`` drives them in virtual
+    time). ``await`` the display for the final :class:`~rxagent.state.RunState`.
     """
     if publisher is None:
         publisher = NotebookPublisher() if in_notebook() else TextPublisher()
-    return RunDisplay(run, publisher, interval=interval, refresh=refresh)
+    return RunDisplay(run, publisher, interval=interval, refresh=refresh, scheduler=scheduler)

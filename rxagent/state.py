@@ -31,6 +31,7 @@ from rxagent.errors import ApprovalError
 from rxagent.events import (
     AgentEvent,
     AgentRun,
+    Handoff,
     Paused,
     ReasoningDelta,
     RunCompleted,
@@ -59,7 +60,7 @@ from rxagent.messages import (
 )
 from rxagent.policies import LoopState, StepOutcome, StopReason
 
-__all__ = ["RunState", "RunStatus", "StepPhase", "ToolCallState", "fold"]
+__all__ = ["RunState", "RunStatus", "StepPhase", "StepRecord", "ToolCallState", "fold"]
 
 
 class RunStatus(StrEnum):
@@ -140,6 +141,9 @@ class ToolCallState:
     error: str | None = None
     progress: int = 0
     last_progress: Any = None
+    #: For a call to a sub-agent (``agent.as_tool()``): its run, folded from the nested
+    #: events as they arrive (its own calls carry their sub-agents' runs, and so on).
+    nested: RunState | None = None
 
     def evolve(self, **changes: Any) -> ToolCallState:
         """A copy with ``changes`` (as ``dataclasses.replace``, several times faster)."""
@@ -157,6 +161,22 @@ class ToolCallState:
         if self.status is ToolCallStatus.RUNNING:
             return max(0.0, now - self.started_at)
         return None
+
+
+@dataclasses.dataclass(frozen=True)
+class StepRecord:
+    """A step that ended, as its events tell it (times are ``time.time()`` values)."""
+
+    step: int
+    #: How it ended: ``completed``, ``cancelled`` or ``failed``.
+    phase: StepPhase
+    started_at: float | None
+    #: When the provider's stream ended (``None`` when it never did).
+    streamed_at: float | None
+    ended_at: float
+    #: The assistant text the step streamed.
+    text: str
+    finish_reason: str | None = None
 
 
 class _Pieces:
@@ -187,6 +207,8 @@ class RunState:
 
     #: Where the run is.
     status: RunStatus
+    #: The agent running (its name, where it has one; a handoff changes it).
+    agent: str | None
     #: The step under way, or the last one (0 before the first).
     step: int
     #: The phase of that step (``None`` before the first step).
@@ -226,11 +248,15 @@ class RunState:
     _pieces_n: int
     _reasoning: _Pieces
     _reasoning_n: int
-    _texts: tuple[tuple[int, str], ...]
+    #: The steps that ended, in order.
+    records: tuple[StepRecord, ...]
+    #: When the step under way (or the last one) started.
+    step_started_at: float | None
 
     def __init__(self, input: ConversationInput = ()) -> None:
         messages = tuple(Conversation.of(input)) if input else ()
         self.status = RunStatus.QUEUED
+        self.agent = None
         self.step = 0
         self.phase = None
         self.steps = 0
@@ -255,7 +281,8 @@ class RunState:
         self._pieces_n = 0
         self._reasoning = _NO_PIECES
         self._reasoning_n = 0
-        self._texts = ()
+        self.records = ()
+        self.step_started_at = None
 
     @classmethod
     def of(cls, input: ConversationInput) -> RunState:
@@ -276,6 +303,11 @@ class RunState:
 
     @property
     def text(self) -> str:
+        """The assistant text of every step so far, a line between steps."""
+        return "\n".join(t for t in self.texts.values() if t)
+
+    @property
+    def step_text(self) -> str:
         """The assistant text of the step under way (or the last step) so far."""
         return "".join(self._pieces.items[: self._pieces_n])
 
@@ -287,15 +319,15 @@ class RunState:
     @property
     def texts(self) -> dict[int, str]:
         """The assistant text each step streamed (a retried step starts again)."""
-        out = dict(self._texts)
-        if self.phase is not None and not self.phase.is_final:
-            out[self.step] = self.text
+        out = {record.step: record.text for record in self.records}
+        if self.step not in out and self._pieces_n:
+            out[self.step] = self.step_text  # the step under way (or one that failed)
         return {step: text for step, text in sorted(out.items())}
 
     @property
     def conversation(self) -> Conversation:
         """The conversation as of the last completed step (a new, writable copy)."""
-        return Conversation(list(self.messages))
+        return Conversation.of_messages(self.messages)
 
     @property
     def rows(self) -> list[ToolCallState]:
@@ -314,7 +346,7 @@ class RunState:
 
     def to_run(self, stop: StopReason) -> AgentRun:
         """The ``AgentRun`` this state stands for, ended for ``stop``."""
-        conversation = Conversation(list(self.messages))
+        conversation = Conversation.of_messages(self.messages)
         return AgentRun(
             messages=conversation,
             steps=self.steps,
@@ -394,11 +426,17 @@ class RunState:
             self.result = self.stop = self.error = self.error_type = self.ended_at = None
             self.pending = ()
         self.input = self.messages = tuple(event.input)
-        self.started_at = event.at
+        self.agent = event.agent
+        if self.started_at is None:
+            self.started_at = event.at
+
+    def _handoff(self, event: Handoff) -> None:
+        self.agent = event.to_agent
 
     def _step_started(self, event: StepStarted) -> None:
         if self.started_at is None:
             self.started_at = event.at
+        self.step_started_at = event.at
         self.phase = StepPhase.RESUMING if _has_open_turn(self.messages) else StepPhase.STREAMING
         self._pieces, self._pieces_n = _NO_PIECES, 0
         self._reasoning, self._reasoning_n = _NO_PIECES, 0
@@ -415,9 +453,7 @@ class RunState:
 
     def _args_delta(self, event: ToolArgsDelta) -> None:
         self._provider_output()
-        call = self.calls.get(event.call_id)
-        if call is None:
-            call = ToolCallState(call_id=event.call_id, name=event.name, step=event.step)
+        call = self._call_of(event)
         self._set_call(
             call.evolve(
                 name=call.name or event.name,
@@ -426,9 +462,7 @@ class RunState:
         )
 
     def _call_started(self, event: ToolCallStarted) -> None:
-        call = self.calls.get(event.call_id)
-        if call is None:
-            call = ToolCallState(call_id=event.call_id, name=event.name, step=event.step)
+        call = self._call_of(event)
         self._set_call(
             call.evolve(
                 status=ToolCallStatus.RUNNING,
@@ -439,9 +473,7 @@ class RunState:
         )
 
     def _call_pending(self, event: ToolCallPending) -> None:
-        call = self.calls.get(event.call_id)
-        if call is None:
-            call = ToolCallState(call_id=event.call_id, name=event.name, step=event.step)
+        call = self._call_of(event)
         self._set_call(
             call.evolve(
                 status=ToolCallStatus.PENDING,
@@ -453,14 +485,20 @@ class RunState:
         )
 
     def _progress(self, event: ToolProgress) -> None:
+        inner = event.innermost
+        if isinstance(inner, UsageDelta):  # a sub-agent's tokens roll up into this run's
+            self._usage_delta(inner)
         call = self.calls.get(event.call_id)
-        if call is not None:
+        if call is None:
+            return
+        if event.event is not None:
+            nested = (call.nested or RunState()).apply(event.event)
+            self._set_call(call.evolve(progress=call.progress + 1, nested=nested))
+        else:
             self._set_call(call.evolve(progress=call.progress + 1, last_progress=event.data))
 
     def _call_ended(self, event: ToolCallEnded) -> None:
-        call = self.calls.get(event.call_id)
-        if call is None:
-            call = ToolCallState(call_id=event.call_id, name=event.name, step=event.step)
+        call = self._call_of(event)
         reason = call.reason
         if event.status is ToolCallStatus.REJECTED and event.error:
             reason = event.error.removeprefix("Rejected: ")
@@ -500,13 +538,22 @@ class RunState:
         self.tools_invoked += outcome.invoked_tools
         if outcome.output is not None:
             self.output = outcome.output
-        self._texts += ((event.step, self.text),)
         if outcome.error is not None:
             self.phase = StepPhase.FAILED
         elif outcome.cancelled:
             self.phase = StepPhase.CANCELLED
         else:
             self.phase = StepPhase.COMPLETED
+        record = StepRecord(
+            step=event.step,
+            phase=self.phase,
+            started_at=outcome.started_at or self.step_started_at,
+            streamed_at=outcome.streamed_at or None,
+            ended_at=outcome.ended_at or event.at,
+            text=self.step_text,
+            finish_reason=outcome.finish_reason,
+        )
+        self.records += (record,)
         # The outcome knows how the calls that never ended finished (cancelled,
         # still waiting), and a resumed turn's calls their new status.
         for message in outcome.messages:
@@ -539,7 +586,22 @@ class RunState:
         self._set_call(known.evolve(**update))
 
     def _paused(self, event: Paused) -> None:
-        self.pending = tuple(Conversation(list(self.messages)).pending)
+        self.pending = tuple(Conversation.of_messages(self.messages).pending)
+        reason = event.reason
+        waiting: list[tuple[str, Literal["approval", "schedule"], float | None]] = [
+            (i, "approval", None) for i in reason.awaiting_approval
+        ]
+        waiting += [(i, "schedule", t) for i, t in reason.scheduled.items()]
+        for call_id, awaiting, not_before in waiting:
+            call = self.calls.get(call_id)
+            if call is None:
+                call = ToolCallState(call_id=call_id, name="?", step=event.step)
+            if call.status is not ToolCallStatus.PENDING:
+                self._set_call(
+                    call.evolve(
+                        status=ToolCallStatus.PENDING, awaiting=awaiting, not_before=not_before
+                    )
+                )
 
     def _run_completed(self, event: RunCompleted) -> None:
         run = event.run
@@ -580,6 +642,15 @@ class RunState:
                     ended = at
                 self._set_call(call.evolve(status=status, ended_at=ended))
 
+    def _call_of(
+        self, event: ToolArgsDelta | ToolCallStarted | ToolCallPending | ToolCallEnded
+    ) -> ToolCallState:
+        """The call ``event`` is about, as known so far (new if it is not known yet)."""
+        call = self.calls.get(event.call_id)
+        if call is None:
+            call = ToolCallState(call_id=event.call_id, name=event.name, step=event.step)
+        return call
+
     def _set_call(self, call: ToolCallState) -> None:
         calls = dict(self.calls)
         calls[call.call_id] = call
@@ -604,6 +675,7 @@ _STATUS_OF_STOP = {
 
 _HANDLERS: dict[type[Any], Any] = {
     RunStarted: RunState._run_started,
+    Handoff: RunState._handoff,
     StepStarted: RunState._step_started,
     ReasoningDelta: RunState._reasoning_delta,
     ToolArgsDelta: RunState._args_delta,
@@ -639,6 +711,6 @@ def _applied(messages: tuple[Message, ...], outcome: StepOutcome) -> tuple[Messa
 def _has_open_turn(messages: tuple[Message, ...]) -> bool:
     """Whether the last assistant turn waits on decisions (a step on it resumes it)."""
     try:
-        return Conversation(list(messages)).open_turn() is not None
+        return Conversation.of_messages(messages).open_turn() is not None
     except ApprovalError:
         return False  # the step fails on it at once

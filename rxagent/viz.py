@@ -20,28 +20,18 @@ import functools
 import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from rxagent.events import (
-    AgentEvent,
-    RunCompleted,
-    RunFailed,
-    StepCompleted,
-    StepStarted,
-    ToolArgsDelta,
-    ToolCallEnded,
-    ToolCallPending,
-    ToolCallStarted,
-)
+from rxagent._text import clip
+from rxagent.events import AgentEvent
 from rxagent.messages import ToolCallStatus
+from rxagent.state import RunState, RunStatus, StepPhase, fold
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 __all__ = ["CallSpan", "HasEvents", "StepSpan", "Timeline", "timeline", "timeline_data"]
-
-CallOutcome = Literal["done", "failed", "rejected", "cancelled", "waiting"]
 
 
 @runtime_checkable
@@ -79,7 +69,9 @@ class CallSpan:
     call_id: str
     name: str
     step: int
-    outcome: CallOutcome
+    #: How the call ended: ``completed``, ``failed``, ``rejected``, ``cancelled``
+    #: (stopped before it ended), or ``pending`` (waiting for a decision).
+    outcome: ToolCallStatus
     start: float | None
     end: float
     arguments: dict[str, Any] = field(default_factory=dict)
@@ -92,8 +84,7 @@ class CallSpan:
     @property
     def label(self) -> str:
         args = ", ".join(f"{k}={_short(v)}" for k, v in self.arguments.items())
-        text = f"{self.name}({args})"
-        return text if len(text) <= 48 else text[:47] + "…"
+        return clip(f"{self.name}({args})", 48, ellipsis="…")
 
 
 @dataclass(frozen=True)
@@ -106,8 +97,9 @@ class Timeline:
     duration: float
     steps: tuple[StepSpan, ...]
     calls: tuple[CallSpan, ...]
-    #: ``completed``, ``failed`` (the events end in ``RunFailed`` or without ``RunCompleted``).
-    ending: Literal["completed", "failed"] = "completed"
+    #: How the run ended (``failed`` when its events end in ``RunFailed`` or without
+    #: ``RunCompleted``).
+    status: RunStatus = RunStatus.COMPLETED
 
     @property
     def peak_concurrency(self) -> int:
@@ -156,126 +148,97 @@ class Timeline:
             parts.append(
                 f"tool time {self.tool_time:.2f} s in {self.busy_time:.2f} s ({overlap:.1f}x)"
             )
-        failed = sum(1 for c in self.calls if c.outcome == "failed")
+        failed = sum(1 for c in self.calls if c.outcome is ToolCallStatus.FAILED)
         if failed:
             parts.append(f"{failed} failed")
         parts.append(
-            f"run {self.duration:.2f} s" + (" (failed)" if self.ending == "failed" else "")
+            f"run {self.duration:.2f} s" + (" (failed)" if self.status is RunStatus.FAILED else "")
         )
         return " · ".join(parts)
 
 
-def timeline_data(events: Iterable[AgentEvent] | HasEvents) -> Timeline:
+def timeline_data(events: Iterable[AgentEvent] | HasEvents | RunState) -> Timeline:
     """The spans of a finished run (its events: ``run.events``, or read from JSON lines).
 
-    Times come from the events' ``at`` stamps and each ``StepCompleted``
-    outcome (``started_at``, ``streamed_at``, ``ended_at``), so a call that
-    ended early but was emitted late (ends are re-joined in call order) is
-    placed when it really ended.
+    A view over the run's :class:`~rxagent.state.RunState` (pass one, or the
+    events to fold). Times come from the events' ``at`` stamps and each
+    ``StepCompleted`` outcome (``started_at``, ``streamed_at``, ``ended_at``), so a
+    call that ended early but was emitted late (ends are re-joined in call order)
+    is placed when it really ended.
     """
-    items: list[AgentEvent] = list(events.events if isinstance(events, HasEvents) else events)
-    stamps = [e.at for e in items if isinstance(e, StepStarted | ToolCallStarted | ToolCallEnded)]
-    stamps += [e.at for e in items if isinstance(e, StepCompleted | RunCompleted | RunFailed)]
-    if not stamps:
+    if isinstance(events, RunState):
+        state = events
+    else:
+        state = fold(events.events if isinstance(events, HasEvents) else events)
+    if not state.records and state.step_started_at is None:
         raise ValueError("no timed events: timeline() needs the events of a run")
-    t0 = min(stamps)
+    starts = [r.started_at for r in state.records if r.started_at is not None]
+    if state.step_started_at is not None:
+        starts.append(state.step_started_at)
+    t0 = min(starts)
+    stamps = [t0, *(r.ended_at for r in state.records)]
+    for call in state.calls.values():
+        stamps += [t for t in (call.started_at, call.ended_at) if t is not None]
+    if state.ended_at is not None:
+        stamps.append(state.ended_at)
     end = max(stamps)
-    ending: Literal["completed", "failed"] = (
-        "completed" if any(isinstance(e, RunCompleted) for e in items) else "failed"
-    )
+    status = state.status if state.status.is_final else RunStatus.FAILED
+    if status is RunStatus.ENDED:
+        status = RunStatus.FAILED  # the events end without RunCompleted
 
-    started: dict[int, float] = {}
-    completed: dict[int, StepCompleted] = {}
-    order: dict[str, tuple[str, int]] = {}  # call id -> (name, step), in order of appearance
-    call_start: dict[str, ToolCallStarted] = {}
-    call_end: dict[str, ToolCallEnded] = {}
-    waiting: set[str] = set()
-    for event in items:
-        if isinstance(event, StepStarted):
-            started.setdefault(event.step, event.at)
-        elif isinstance(event, StepCompleted):
-            completed[event.step] = event
-            for call in event.outcome.tool_calls:
-                order.setdefault(call.id, (call.name, event.step))
-                if call.status == ToolCallStatus.PENDING:
-                    waiting.add(call.id)
-        elif isinstance(event, ToolArgsDelta | ToolCallStarted | ToolCallEnded):
-            order.setdefault(event.call_id, (event.name, event.step))
-            if isinstance(event, ToolCallStarted):
-                call_start[event.call_id] = event
-            elif isinstance(event, ToolCallEnded):
-                call_end[event.call_id] = event
-        elif isinstance(event, ToolCallPending):
-            order.setdefault(event.call_id, (event.name, event.step))
-            waiting.add(event.call_id)
-
-    steps: list[StepSpan] = []
-    step_end: dict[int, float] = {}
-    for number in sorted(started.keys() | completed.keys()):
-        done = completed.get(number)
-        if done is not None:
-            outcome = done.outcome
-            start = outcome.started_at or started.get(number, done.at)
-            stop = outcome.ended_at or done.at
-            streamed: float | None = outcome.streamed_at or None
-            cancelled = outcome.cancelled
-        else:
-            # The run failed in this step: it lasted until the last thing we know of.
-            start, stop, streamed, cancelled = started[number], end, None, False
-        step_end[number] = stop - t0
-        steps.append(
-            StepSpan(
-                step=number,
-                start=start - t0,
-                end=stop - t0,
-                streamed=None if streamed is None else streamed - t0,
-                cancelled=cancelled,
-            )
+    steps = [
+        StepSpan(
+            step=r.step,
+            start=(r.started_at or t0) - t0,
+            end=r.ended_at - t0,
+            streamed=None if r.streamed_at is None else r.streamed_at - t0,
+            cancelled=r.phase is StepPhase.CANCELLED,
         )
+        for r in state.records
+    ]
+    recorded = {r.step for r in state.records}
+    if state.step not in recorded and state.step_started_at is not None:
+        # The run failed in this step: it lasted until the last thing we know of.
+        steps.append(StepSpan(step=state.step, start=state.step_started_at - t0, end=end - t0))
+    step_end = {span.step: span.end for span in steps}
 
     calls: list[CallSpan] = []
-    for call_id, (name, number) in order.items():
-        began = call_start.get(call_id)
-        ended = call_end.get(call_id)
-        outcome_: CallOutcome
-        if ended is not None:
-            if ended.status is ToolCallStatus.REJECTED:
-                outcome_ = "rejected"
-            else:
-                outcome_ = "done" if ended.error is None else "failed"
-            stop_at = ended.at - t0
-        elif call_id in waiting:
-            outcome_, stop_at = "waiting", step_end.get(number, end - t0)
+    for call in state.calls.values():
+        outcome = call.status
+        if not outcome.is_final and outcome is not ToolCallStatus.PENDING:
+            outcome = ToolCallStatus.CANCELLED  # it never ended: stopped with its step or run
+        if call.ended_at is not None and outcome is not ToolCallStatus.PENDING:
+            stop_at = call.ended_at - t0
         else:
-            # Started (or announced) but never ended: stopped with its step or the run.
-            outcome_, stop_at = "cancelled", step_end.get(number, end - t0)
+            stop_at = step_end.get(call.step, end - t0)
         calls.append(
             CallSpan(
-                call_id=call_id,
-                name=name,
-                step=number,
-                outcome=outcome_,
-                start=None if began is None else began.at - t0,
+                call_id=call.call_id,
+                name=call.name,
+                step=call.step,
+                outcome=outcome,
+                start=None if call.started_at is None else call.started_at - t0,
                 end=stop_at,
-                arguments=dict(began.arguments) if began is not None else {},
-                error=ended.error if ended is not None else None,
+                arguments=dict(call.arguments or {}) if call.started_at is not None else {},
+                error=call.error,
             )
         )
-    return Timeline(t0=t0, duration=end - t0, steps=tuple(steps), calls=tuple(calls), ending=ending)
+    return Timeline(t0=t0, duration=end - t0, steps=tuple(steps), calls=tuple(calls), status=status)
 
 
 # Colours: a light band per step, the model's streaming in blue, tools by outcome.
 _STEP_BANDS = ("#edf2f7", "#f8f9fa")
 _STREAM = "#4c8fd6"
 _FAILED_EDGE = "#8f1d1d"
-_EDGE = {"failed": _FAILED_EDGE, "cancelled": "#495057"}
-_OUTCOME_COLOUR: dict[str, str] = {
-    "done": "#40a060",
-    "failed": "#d64545",
-    "rejected": "#e8890c",
-    "cancelled": "#adb5bd",
-    "waiting": "#e8890c",
+_EDGE = {ToolCallStatus.FAILED: _FAILED_EDGE, ToolCallStatus.CANCELLED: "#495057"}
+_OUTCOME_COLOUR: dict[ToolCallStatus, str] = {
+    ToolCallStatus.COMPLETED: "#40a060",
+    ToolCallStatus.FAILED: "#d64545",
+    ToolCallStatus.REJECTED: "#e8890c",
+    ToolCallStatus.CANCELLED: "#adb5bd",
+    ToolCallStatus.PENDING: "#e8890c",
 }
+_MARKED = {ToolCallStatus.FAILED: "x", ToolCallStatus.REJECTED: "x", ToolCallStatus.PENDING: "P"}
 
 
 def timeline(
@@ -351,12 +314,12 @@ def timeline(
                 left=lane.start,
                 height=height,
                 color=colour,
-                linestyle="--" if lane.outcome == "cancelled" else "-",
+                linestyle="--" if lane.outcome is ToolCallStatus.CANCELLED else "-",
                 edgecolor=_EDGE.get(lane.outcome, colour),
-                hatch="//" if lane.outcome == "failed" else None,
+                hatch="//" if lane.outcome is ToolCallStatus.FAILED else None,
             )
             bar.set_gid(f"call:{lane.call_id}")
-            marked = lane.outcome in ("failed", "rejected")
+            marked = lane.outcome in (ToolCallStatus.FAILED, ToolCallStatus.REJECTED)
             ax.text(
                 lane.end + data.duration * (0.03 if marked else 0.008),
                 y,
@@ -365,12 +328,12 @@ def timeline(
                 fontsize=7,
                 color="#495057",
             )
-        if lane.outcome in ("failed", "rejected", "waiting") or lane.start is None:
-            marker = {"failed": "x", "rejected": "x", "waiting": "P"}.get(lane.outcome, "o")
+        if lane.outcome in _MARKED or lane.start is None:
+            marker = _MARKED.get(lane.outcome, "o")
             (point,) = ax.plot(
                 [lane.end], [y], marker=marker, markersize=9, mew=2.5, color=colour, linestyle=""
             )
-            point.set_gid(f"{lane.outcome}:{lane.call_id}")
+            point.set_gid(f"{lane.outcome.value}:{lane.call_id}")
 
     labels = [
         f"step {lane.step} · model" if isinstance(lane, StepSpan) else f"  {lane.label}"
@@ -386,15 +349,15 @@ def timeline(
     ax.legend(
         handles=[
             Patch(color=_STREAM, label="model streaming"),
-            Patch(color=_OUTCOME_COLOUR["done"], label="tool call"),
+            Patch(color=_OUTCOME_COLOUR[ToolCallStatus.COMPLETED], label="tool call"),
             Patch(
-                facecolor=_OUTCOME_COLOUR["failed"],
+                facecolor=_OUTCOME_COLOUR[ToolCallStatus.FAILED],
                 edgecolor=_FAILED_EDGE,
                 hatch="//",
                 label="failed (x)",
             ),
             Patch(
-                facecolor=_OUTCOME_COLOUR["cancelled"],
+                facecolor=_OUTCOME_COLOUR[ToolCallStatus.CANCELLED],
                 edgecolor="#495057",
                 linestyle="--",
                 label="cancelled",
@@ -427,5 +390,4 @@ def _figure_class() -> type[Figure]:
 
 
 def _short(value: Any) -> str:
-    text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= 16 else text[:15] + "…"
+    return clip(value if isinstance(value, str) else repr(value), 16, ellipsis="…")

@@ -19,7 +19,9 @@ import rxagent as ra
 from rxagent import approval, live
 from rxagent import events as ev
 from rxagent import scripted as s
-from rxagent.live import CallState, NotebookPublisher, RunStatus, RunView, TextPublisher, display
+from rxagent.live import NotebookPublisher, RunStatus, TextPublisher, display
+from rxagent.messages import ToolCallStatus
+from rxagent.state import RunState
 
 LIMIT = 10.0  # seconds any wait in these tests may take, generously
 
@@ -53,7 +55,7 @@ class Capture:
         capture = self
 
         class Recording(NotebookPublisher):
-            def publish(self, view: RunView, *, final: bool) -> None:
+            def publish(self, view: RunState, *, final: bool) -> None:
                 capture._events = view.events
                 super().publish(view, final=final)
 
@@ -131,7 +133,7 @@ async def test_the_display_is_one_output_showing_text_rows_and_usage_as_they_arr
     shown = attach(run, capture)
 
     # The first thing published is the display itself, before any event.
-    assert capture.items[0].kind == "display" and "waiting" in capture.texts[0]
+    assert capture.items[0].kind == "display" and "queued" in capture.texts[0]
     # While the slow call waits at its gate, the display shows it running and the text so
     # far. (The failed call's end is held back until the slow one's: ends come in call order.)
     seen = await asyncio.wait_for(
@@ -139,7 +141,7 @@ async def test_the_display_is_one_output_showing_text_rows_and_usage_as_they_arr
     )
     seen_text = seen.bundle["text/plain"]
     assert "Let me look." in seen_text and "All done" not in seen_text
-    assert shown.view.calls["slow"].state is CallState.RUNNING
+    assert shown.view.calls["slow"].status is ToolCallStatus.RUNNING
     assert 'data-call-id="slow"' in seen.bundle["text/html"]
     assert "tokens 10 prompt + 5 completion" in seen_text
     gate.opened.set()
@@ -158,12 +160,12 @@ async def test_the_display_is_one_output_showing_text_rows_and_usage_as_they_arr
     assert "Let me look. \nAll done." in final["text/plain"]
     assert "tokens 30 prompt + 8 completion" in final["text/plain"]
     assert "slow passed" in final["text/plain"] and "kaput" in final["text/plain"]
-    assert ">done</span>" in final["text/html"] and ">failed</span>" in final["text/html"]
+    assert ">completed</span>" in final["text/html"] and ">failed</span>" in final["text/html"]
     assert view.status is RunStatus.COMPLETED and view.stop is ra.StopReason.NO_TOOL_CALLS
     assert view.usage == ra.Usage(prompt_tokens=30, completion_tokens=8)
     slow = view.calls["slow"]
-    assert slow.state is CallState.DONE and slow.arguments == {"label": "slow"}
-    assert slow.elapsed() is not None and slow.elapsed() >= 0
+    assert slow.status is ToolCallStatus.COMPLETED and slow.arguments == {"label": "slow"}
+    assert slow.elapsed(time.time()) is not None and slow.elapsed(time.time()) >= 0
     assert view.result is not None and view.result.text == "All done."
     # With interval=0 every event was published (plus the first display and the final state).
     assert len(capture.items) == len(run.events) + 2
@@ -318,9 +320,9 @@ async def test_a_failed_run_shows_the_error_and_the_calls_it_stopped() -> None:
 
     assert view.status is RunStatus.FAILED
     assert view.error is not None and view.error.startswith("ToolExecutionError:")
-    assert {r.call_id: r.state for r in view.rows} == {
-        "slow": CallState.CANCELLED,
-        "bad": CallState.FAILED,
+    assert {r.call_id: r.status for r in view.rows} == {
+        "slow": ToolCallStatus.CANCELLED,
+        "bad": ToolCallStatus.FAILED,
     }
     out = stream.getvalue()
     assert "[tool] boom({}) failed" in out and "kaput" in out
@@ -387,8 +389,9 @@ async def test_calls_waiting_for_approval_show_as_waiting() -> None:
 
     view = await asyncio.wait_for(attach(rx.from_iterable(events), capture), LIMIT)
 
-    assert view.calls["c1"].state is CallState.AWAITING_APPROVAL
-    assert view.calls["c2"].state is CallState.DONE
+    assert view.calls["c1"].status is ToolCallStatus.PENDING
+    assert view.calls["c1"].awaiting == "approval"
+    assert view.calls["c2"].status is ToolCallStatus.COMPLETED
     assert _state_of(capture.items[-1], "transfer") == "waiting for approval"
     assert capture.texts[-1].startswith("rxagent run · paused: 1 call waiting · 0.30 s")
     assert ">waiting for approval</span>" in capture.items[-1].bundle["text/html"]
@@ -416,17 +419,17 @@ async def test_a_paused_run_shows_calls_waiting_for_approval_scheduled_and_rejec
     )
 
     assert view.status is RunStatus.PAUSED
-    assert {r.call_id: r.state for r in view.rows} == {
-        "big": CallState.AWAITING_APPROVAL,
-        "later": CallState.SCHEDULED,
-        "odd": CallState.REJECTED,
-        "small": CallState.DONE,
+    assert {r.call_id: (r.status, r.awaiting) for r in view.rows} == {
+        "big": (ToolCallStatus.PENDING, "approval"),
+        "later": (ToolCallStatus.PENDING, "schedule"),
+        "odd": (ToolCallStatus.REJECTED, None),
+        "small": (ToolCallStatus.COMPLETED, None),
     }
     published = capture.items[-1]
     assert published.bundle["text/plain"].startswith("rxagent run · paused: 2 calls waiting")
-    assert _states(published) == ["waiting for approval", "scheduled", "rejected", "done"]
+    assert _states(published) == ["waiting for approval", "scheduled", "rejected", "completed"]
     html = published.bundle["text/html"]
-    for state in ("waiting for approval", "scheduled", "rejected", "done"):
+    for state in ("waiting for approval", "scheduled", "rejected", "completed"):
         assert f">{state}</span>" in html
 
 
@@ -443,7 +446,7 @@ async def test_a_display_attached_to_a_finished_run_shows_its_end_at_once() -> N
 
 async def test_a_broken_publisher_never_breaks_the_run(caplog: pytest.LogCaptureFixture) -> None:
     class Broken:
-        def publish(self, view: RunView, *, final: bool) -> None:
+        def publish(self, view: RunState, *, final: bool) -> None:
             raise RuntimeError("the screen fell off")
 
     run = ra.Agent(ra.ScriptedProvider([["fine"]])).run("go")
@@ -495,22 +498,22 @@ def test_outside_a_notebook_the_display_is_plain_text(capsys: pytest.CaptureFixt
     lines = capsys.readouterr().out.splitlines()
     assert result.text == "It is 5."
     assert lines[0] == "Adding. "
-    # A "running" line shows only if an update fell while the call ran; "done" always.
+    # A "running" line shows only if an update fell while the call ran; "completed" always.
     (done,) = [i for i, line in enumerate(lines) if re.fullmatch(DONE_LINE, line)]
     assert lines[done + 1] == "It is 5."
     assert lines[-1].startswith("-- completed (no_tool_calls) · 2 steps")
     assert len(lines) in (4, 5)
 
 
-DONE_LINE = re.escape('[tool] add({"a": 2, "b": 3}) done (') + r"\d+\.\d\d s\)"
+DONE_LINE = re.escape('[tool] add({"a": 2, "b": 3}) completed (') + r"\d+\.\d\d s\)"
 
 
 def test_in_notebook_is_false_without_a_kernel() -> None:
     assert live.in_notebook() is False
 
 
-def test_the_view_renders_a_waiting_run() -> None:
-    view = RunView()
-    assert view.status is RunStatus.WAITING and not view.done
-    assert view.render_text() == "rxagent run · waiting · tokens 0 prompt + 0 completion"
-    assert "rxagent run · waiting" in view.render_html()
+def test_the_view_renders_a_run_that_has_not_started() -> None:
+    state = RunState()
+    assert state.status is RunStatus.QUEUED and not state.done
+    assert live.render_text(state) == "rxagent run · queued · tokens 0 prompt + 0 completion"
+    assert "rxagent run · queued" in live.render_html(state)

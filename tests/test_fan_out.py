@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import json
-import time
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
 
 import pytest
@@ -14,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import Field
 from reactivex import Observable
+from reactivex.testing import TestScheduler
 
 import rxagent as ra
 from rxagent import ops
@@ -104,6 +107,24 @@ BAD_CALLS = [
         s.call("add", {"a": 1, "c": 2}), ra.ToolArgumentsError, "c: Extra inputs", id="extra"
     ),
     pytest.param(s.call("add", "[1, 2]"), ra.ToolArgumentsError, "JSON object", id="not-object"),
+    pytest.param(
+        s.call("add", '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+        ra.ToolArgumentsError,
+        "arguments for tool 'add' are nested too deeply to read",
+        id="too-deep",
+    ),
+    pytest.param(
+        s.call("blob"),
+        ra.ToolOutputError,
+        "tool 'blob' returned bytes that are not UTF-8 text",
+        id="binary-output",
+    ),
+    pytest.param(
+        s.call("cycle"),
+        ra.ToolOutputError,
+        "tool 'cycle' returned a dict that cannot be turned into JSON: Circular reference",
+        id="circular-output",
+    ),
     pytest.param(s.call("explode"), ra.ToolExecutionError, "ZeroDivisionError", id="raises"),
     pytest.param(s.call("hangs"), ra.ToolTimeoutError, "timed out after 0.05s", id="timeout"),
 ]
@@ -122,17 +143,36 @@ async def hangs() -> str:
     return "never"
 
 
+@ra.tool
+def blob() -> bytes:
+    """Raw bytes of a PNG."""
+    return b"\x89PNG\r\n\x1a\n"
+
+
+@ra.tool
+def cycle() -> dict[str, object]:
+    """A dict that holds itself."""
+    out: dict[str, object] = {"name": "loop"}
+    out["self"] = out
+    return out
+
+
+TOOLS = [add, explode, hangs, blob, cycle]
+
+
 @pytest.mark.parametrize(("bad", "kind", "text"), BAD_CALLS)
 async def test_bad_calls_are_reported_to_the_model(
     bad: s.Call, kind: type[ra.ToolError], text: str
 ) -> None:
     provider = ra.ScriptedProvider([[bad], ["Sorry, let me fix that."]])
-    agent = ra.Agent(provider, tools=[add, explode, hangs], join=ra.JoinPolicy.REPORT_TO_MODEL)
+    agent = ra.Agent(provider, tools=TOOLS, join=ra.JoinPolicy.REPORT_TO_MODEL)
     run = agent.run("go")
     result = await asyncio.wait_for(ra.collect_final(run), 5)
 
     (end,) = [e for e in run.events if isinstance(e, ToolCallEnded)]
     assert end.error is not None and text in end.error
+    if kind is not ra.ToolExecutionError:
+        assert "raised" not in end.error  # only a tool that ran can be blamed for raising
     # The model was told, as a tool message it can read, and answered.
     tool_message = provider.requests[1].messages[-1]
     assert isinstance(tool_message, ra.ToolMessage) and tool_message.is_error
@@ -148,7 +188,7 @@ async def test_bad_calls_fail_the_run_with_a_clear_tool_error(
     bad: s.Call, kind: type[ra.ToolError], text: str, join: ra.JoinPolicy
 ) -> None:
     provider = ra.ScriptedProvider([["Trying. ", bad]])
-    agent = ra.Agent(provider, tools=[add, explode, hangs], join=join)
+    agent = ra.Agent(provider, tools=TOOLS, join=join)
     with pytest.raises(ra.AgentError) as raised:
         await asyncio.wait_for(ra.collect_final(agent.run("go")), 5)
     error = raised.value
@@ -163,6 +203,37 @@ async def test_bad_calls_fail_the_run_with_a_clear_tool_error(
     assert ra.validate_conversation(partial.messages) == []
 
 
+async def test_outputs_that_are_not_json_are_output_errors_not_the_tools_raising() -> None:
+    @ra.tool
+    def utf8_bytes() -> bytes:
+        """Text, as bytes."""
+        return "d\u00e9j\u00e0 vu".encode()
+
+    @ra.tool
+    async def ticks() -> AsyncIterator[object]:
+        """Progress that cannot be JSON, more progress, then nothing: the call is stopped."""
+        yield b"\xff\xfe"
+        yield "tick"
+        await asyncio.Event().wait()
+        yield "never"
+
+    provider = ra.ScriptedProvider(
+        [[s.call("utf8_bytes", id="u"), s.call("ticks", id="t"), s.call("cycle", id="c")], ["ok"]]
+    )
+    run = ra.Agent(provider, tools=[utf8_bytes, ticks, cycle]).run("go")
+    await asyncio.wait_for(ra.collect_final(run), 5)
+    ends = {e.call_id: e for e in run.events if isinstance(e, ToolCallEnded)}
+    assert ends["u"].output == "d\u00e9j\u00e0 vu" and ends["u"].error is None
+    assert ends["t"].error == (
+        "tool 'ticks' reported progress as bytes that are not UTF-8 text; return str, "
+        "or encode binary data as text yourself (base64)"
+    )
+    assert ends["c"].error is not None and ends["c"].error.startswith(
+        "tool 'cycle' returned a dict that cannot be turned into JSON"
+    )
+    assert provider.requests[1].messages[-1].content.startswith("Error: tool 'cycle' returned")
+
+
 async def test_an_unknown_tool_never_runs_and_never_starts() -> None:
     provider = ra.ScriptedProvider([[s.call("nope"), s.call("add", {"a": 1})], ["ok"]])
     run = ra.Agent(provider, tools=[add]).run("go")
@@ -173,19 +244,43 @@ async def test_an_unknown_tool_never_runs_and_never_starts() -> None:
 
 
 async def test_agent_wide_tool_timeout_applies_to_tools_without_their_own() -> None:
+    # Virtual time: the timeouts' clock is a TestScheduler the test advances.
+    clock = TestScheduler()
+    release = threading.Event()
+    started = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
     @ra.tool
     def slow_sync() -> str:
-        """Sleeps in its thread."""
-        time.sleep(3)
+        """Blocks its thread until released."""
+        loop.call_soon_threadsafe(started.set)
+        release.wait(10)
         return "late"
 
-    provider = ra.ScriptedProvider([[s.call("slow_sync")], ["ok"]])
-    run = ra.Agent(provider, tools=[slow_sync], tool_timeout=0.05).run("go")
-    started = time.monotonic()
-    await ra.collect_final(run)
-    assert time.monotonic() - started < 2  # the run did not wait for the thread
-    (end,) = [e for e in run.events if isinstance(e, ToolCallEnded)]
-    assert end.error == "tool 'slow_sync' timed out after 0.05s"
+    @ra.tool(timeout=90)
+    async def patient() -> str:
+        """Has a timeout of its own, longer than the agent's."""
+        await asyncio.Event().wait()
+        return "never"
+
+    provider = ra.ScriptedProvider([[s.call("slow_sync"), s.call("patient")], ["ok"]])
+    agent = ra.Agent(provider, tools=[slow_sync, patient], tool_timeout=30, scheduler=clock)
+    run = agent.run("go")
+    result_task = asyncio.ensure_future(ra.collect_final(run))
+    await asyncio.wait_for(started.wait(), 5)
+    clock.advance_by(29.9)
+    assert not [e for e in run.events if isinstance(e, ToolCallEnded)]
+    clock.advance_by(0.2)  # 30 s: the agent-wide timeout; the tool's own 90 s still runs
+    clock.advance_by(60)  # 90 s
+    result = await asyncio.wait_for(result_task, 5)
+    assert not release.is_set()  # the run did not wait for the blocked thread
+    release.set()
+    ends = [e.error for e in run.events if isinstance(e, ToolCallEnded)]
+    assert ends == [
+        "tool 'slow_sync' timed out after 30s",
+        "tool 'patient' timed out after 90s",
+    ]
+    assert result.text == "ok" and ra.validate_conversation(result.messages) == []
 
 
 async def test_a_tool_that_raises_a_tool_error_keeps_its_message() -> None:
@@ -313,3 +408,35 @@ async def test_empty_or_reused_provider_call_ids_are_renamed_everywhere() -> Non
     assert len(ids) == len(set(ids)) == 4 and ids[:2] == ["x", "dup"]
     assert [e.output for e in run.events if isinstance(e, ToolCallEnded)] == [1, 2, 3, 4]
     assert ra.validate_conversation(result.messages) == []
+
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="none")
+
+
+async def test_tool_context_reaches_async_tools_and_sync_tools_in_threads() -> None:
+    @contextlib.contextmanager
+    def tagged(call: ra.ToolCall) -> Iterator[None]:
+        token = REQUEST_ID.set(f"req-{call.id}")
+        try:
+            yield
+        finally:
+            REQUEST_ID.reset(token)
+
+    @ra.tool
+    async def in_task() -> str:
+        """Reads the context in its task."""
+        return REQUEST_ID.get()
+
+    @ra.tool
+    def in_thread() -> str:
+        """Reads the context in its worker thread."""
+        return f"{REQUEST_ID.get()} on {threading.current_thread().name.split('_')[0]}"
+
+    provider = ra.ScriptedProvider(
+        [[s.call("in_task", id="a"), s.call("in_thread", id="b")], ["ok"]]
+    )
+    run = ra.Agent(provider, tools=[in_task, in_thread], tool_context=tagged).run("go")
+    await ra.collect_final(run)
+    outputs = [e.output for e in run.events if isinstance(e, ToolCallEnded)]
+    assert outputs == ["req-a", "req-b on rxagent-tool"]
+    assert REQUEST_ID.get() == "none"  # entered around each start, and left

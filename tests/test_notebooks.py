@@ -146,7 +146,7 @@ def test_in_a_kernel_the_live_display_is_one_output_updated_in_place(tmp_path: P
     # times than the 200 pieces (updates are coalesced).
     assert kinds[0] == "display_data" and set(kinds[1:]) == {"update_display_data"}
     assert 2 <= len(kinds) < 60
-    assert "waiting" in ours[0][1]["text/plain"]
+    assert "queued" in ours[0][1]["text/plain"]
     assert ours[-1][1]["text/plain"].startswith("rxagent run · completed (no_tool_calls)")
     assert "w0 w1" in ours[-1][1]["text/plain"] and "w199" in ours[-1][1]["text/plain"]
     assert "text/html" in ours[-1][1]

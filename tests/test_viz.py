@@ -160,7 +160,7 @@ async def test_the_numbers_say_how_much_the_fan_out_overlapped() -> None:
     # The calls ran together: the busy time is about the longest nap, not the sum.
     assert NAPS["a"] - 0.01 <= data.busy_time < sum(NAPS.values())
     assert data.overlap is not None and data.overlap > 1.5
-    assert [c.outcome for c in data.calls] == ["done", "done", "failed"]
+    assert [c.outcome for c in data.calls] == ["completed", "completed", "failed"]
     assert data.calls[2].error is not None and "grumpy" in data.calls[2].error
 
 
@@ -173,10 +173,10 @@ async def test_a_fail_fast_run_marks_the_failure_and_the_calls_it_cancelled() ->
     fig = viz.timeline(run.events)
     ax = fig.axes[0]
 
-    assert data.ending == "failed"
+    assert data.status is ra.state.RunStatus.FAILED
     assert {c.call_id: c.outcome for c in data.calls} == {
         "a": "cancelled",
-        "b": "done",
+        "b": "completed",
         "c": "failed",
     }
     calls = bars(ax, "call:")
@@ -264,9 +264,9 @@ async def test_a_paused_run_marks_the_calls_that_wait_and_the_refused_ones() -> 
     ax = viz.timeline(run.events).axes[0]
 
     assert {c.call_id: c.outcome for c in data.calls} == {
-        "big": "waiting",
+        "big": "pending",
         "odd": "rejected",
-        "ok": "done",
+        "ok": "completed",
     }
     assert set(bars(ax, "call:")) == {"ok"}  # only it ran
-    assert set(marks(ax, "waiting:")) == {"big"} and set(marks(ax, "rejected:")) == {"odd"}
+    assert set(marks(ax, "pending:")) == {"big"} and set(marks(ax, "rejected:")) == {"odd"}

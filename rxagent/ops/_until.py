@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Callable
 
 from reactivex import Observable, abc
 from reactivex import operators as rx_ops
-from reactivex.disposable import CompositeDisposable, SingleAssignmentDisposable
+from reactivex.disposable import Disposable, SingleAssignmentDisposable
 from reactivex.subject import Subject
 
-from rxagent.aio import loop_scheduler
+from rxagent.aio import DirectObservable, loop_scheduler
 from rxagent.errors import AgentError
 from rxagent.events import (
     AgentEvent,
     AgentRun,
+    Handoff,
     Paused,
     ReasoningDelta,
     RunCompleted,
@@ -25,10 +28,11 @@ from rxagent.events import (
     UsageDelta,
 )
 from rxagent.messages import Conversation, ConversationInput
-from rxagent.policies import Policy, StopReason
+from rxagent.ops._step import StepConfig, _Shared, _Step
+from rxagent.policies import Policy, StepOutcome, StopReason
 from rxagent.state import RunState, StepPhase
 
-__all__ = ["loop", "run_loop", "until"]
+__all__ = ["loop", "run_loop", "run_steps", "until"]
 
 Operator = Callable[[Observable[ConversationInput]], Observable[AgentEvent]]
 
@@ -71,6 +75,130 @@ def until(
 _STREAMING = frozenset({TextDelta, ReasoningDelta, ToolArgsDelta, ToolProgress, UsageDelta})
 
 
+class _Fold:
+    """The loop's state machine: folds step events into the run's state, asks the policy
+    after each step, and ends the run; an observer of step events that forwards to
+    ``observer``. ``until`` subscribes one to its source; an agent's run drives one
+    directly (see :func:`run_steps`), with no operator in between."""
+
+    __slots__ = (
+        "clock",
+        "interrupt",
+        "observer",
+        "on_continue",
+        "over",
+        "policy",
+        "started",
+        "state",
+        "subscription",
+        "timed_out",
+        "timer",
+    )
+
+    def __init__(
+        self,
+        policy: Policy,
+        history: Conversation,
+        observer: abc.ObserverBase[AgentEvent],
+        clock: abc.SchedulerBase,
+        on_continue: Callable[[Conversation], None] | None,
+        interrupt: Callable[[], None] | None,
+        agent: str | None = None,
+    ) -> None:
+        self.policy = policy
+        self.observer = observer
+        self.clock = clock
+        self.on_continue = on_continue
+        self.interrupt = interrupt
+        self.started = clock.now
+        self.over = False
+        self.timed_out = False
+        self.subscription = SingleAssignmentDisposable()
+        self.timer: abc.DisposableBase | None = None
+        start = RunStarted(step=1, input=history, agent=agent, at=time.time())
+        self.state = RunState().apply(start)
+        observer.on_next(start)
+        deadline = policy.time_limit
+        if deadline is not None and interrupt is not None:
+            # A budget of time bounds the run even mid-step: the step under way is
+            # cancelled at the deadline and the run stops with ``time_budget``.
+            self.timer = clock.schedule_relative(deadline, self._expire)
+
+    def _expire(self, _: abc.SchedulerBase, __: object = None) -> None:
+        if not self.over and self.interrupt is not None:
+            self.timed_out = True
+            self.interrupt()
+
+    def on_next(self, event: AgentEvent) -> None:
+        if self.over:
+            return
+        kind = type(event)
+        if kind in _STREAMING:
+            self.observer.on_next(event)
+            return
+        state = self.state = self.state.apply(event)
+        self.observer.on_next(event)
+        if kind is not StepCompleted:
+            return
+        outcome = event.outcome  # type: ignore[union-attr]
+        if outcome.error is not None:
+            return  # the step's error follows
+        try:
+            if outcome.cancelled:
+                stop: StopReason | None = (
+                    StopReason.TIME_BUDGET if self.timed_out else StopReason.CANCELLED
+                )
+            elif outcome.pause is not None:
+                stop = StopReason.PAUSED
+            else:
+                elapsed = (self.clock.now - self.started).total_seconds()
+                stop = self.policy(state.loop_state(elapsed), outcome)
+        except Exception as error:
+            failure = AgentError(
+                f"the policy {self.policy!r} raised {type(error).__name__}: {error}",
+                partial=state.to_run(StopReason.ERROR),
+            )
+            failure.__cause__ = error
+            self._end(failure)
+            return
+        if stop is None:
+            if self.on_continue is not None:
+                self.on_continue(state.conversation)
+            return
+        if stop is StopReason.PAUSED and outcome.pause is not None:
+            paused = Paused(step=outcome.step, reason=outcome.pause)
+            state = state.apply(paused)
+            self.observer.on_next(paused)
+        completed = RunCompleted(step=outcome.step, run=state.to_run(stop), at=time.time())
+        self.state = state.apply(completed)
+        self.observer.on_next(completed)
+        self._end(None)
+
+    def on_error(self, error: Exception) -> None:
+        if self.over:
+            return
+        if isinstance(error, AgentError):
+            error.partial = _partial(self.state, error)
+        self._end(error)
+
+    def on_completed(self) -> None:
+        if not self.over:
+            self._end(None)
+
+    def _end(self, error: Exception | None) -> None:
+        self.over = True
+        self.dispose()
+        if error is None:
+            self.observer.on_completed()
+        else:
+            self.observer.on_error(error)
+
+    def dispose(self) -> None:
+        self.subscription.dispose()
+        if self.timer is not None:
+            self.timer.dispose()
+
+
 def _until(
     policy: Policy,
     history: ConversationInput | None,
@@ -78,103 +206,17 @@ def _until(
     interrupt: Callable[[], None] | None,
     scheduler: abc.SchedulerBase | None,
 ) -> Callable[[Observable[AgentEvent]], Observable[AgentEvent]]:
-    deadline = policy.time_limit
-
     def operator(source: Observable[AgentEvent]) -> Observable[AgentEvent]:
         def subscribe(
             observer: abc.ObserverBase[AgentEvent], default: abc.SchedulerBase | None = None
         ) -> abc.DisposableBase:
             clock = scheduler or default or loop_scheduler()
-            started = clock.now
-            start = RunStarted(step=1, input=Conversation.of(history or []))
-            state = RunState().apply(start)
-            over = timed_out = False
-            subscription = SingleAssignmentDisposable()
-
-            def on_next(event: AgentEvent) -> None:
-                nonlocal state
-                if over:
-                    return
-                kind = type(event)
-                if kind in _STREAMING:
-                    observer.on_next(event)
-                    return
-                state = state.apply(event)
-                if kind is not StepCompleted:
-                    observer.on_next(event)
-                    return
-                outcome = event.outcome  # type: ignore[union-attr]
-                observer.on_next(event)
-                if outcome.error is not None:
-                    return  # the step's error follows
-                try:
-                    if outcome.cancelled:
-                        stop: StopReason | None = (
-                            StopReason.TIME_BUDGET if timed_out else StopReason.CANCELLED
-                        )
-                    elif outcome.pause is not None:
-                        stop = StopReason.PAUSED
-                    else:
-                        elapsed = (clock.now - started).total_seconds()
-                        stop = policy(state.loop_state(elapsed), outcome)
-                except Exception as error:
-                    failure = AgentError(
-                        f"the policy {policy!r} raised {type(error).__name__}: {error}",
-                        partial=state.to_run(StopReason.ERROR),
-                    )
-                    failure.__cause__ = error
-                    end(failure)
-                    return
-                if stop is None:
-                    if on_continue is not None:
-                        on_continue(state.conversation)
-                    return
-                if stop is StopReason.PAUSED and outcome.pause is not None:
-                    paused = Paused(step=outcome.step, reason=outcome.pause)
-                    state = state.apply(paused)
-                    observer.on_next(paused)
-                completed = RunCompleted(step=outcome.step, run=state.to_run(stop))
-                state = state.apply(completed)
-                observer.on_next(completed)
-                end(None)
-
-            def end(error: Exception | None) -> None:
-                nonlocal over
-                over = True
-                subscription.dispose()
-                if error is None:
-                    observer.on_completed()
-                else:
-                    observer.on_error(error)
-
-            def on_error(error: Exception) -> None:
-                if over:
-                    return
-                if isinstance(error, AgentError):
-                    error.partial = _partial(state, error)
-                end(error)
-
-            def on_completed() -> None:
-                if not over:
-                    end(None)
-
-            observer.on_next(start)
-            subscription.disposable = source.subscribe(
-                on_next, on_error, on_completed, scheduler=default
+            history_ = Conversation.of(history or [])
+            fold = _Fold(policy, history_, observer, clock, on_continue, interrupt)
+            fold.subscription.disposable = source.subscribe(
+                fold.on_next, fold.on_error, fold.on_completed, scheduler=default
             )
-            if deadline is None or interrupt is None:
-                return subscription
-
-            def expire(_: abc.SchedulerBase, __: object = None) -> None:
-                nonlocal timed_out
-                if not over:
-                    timed_out = True
-                    interrupt()
-
-            # A budget of time bounds the run even mid-step: the step under way is
-            # cancelled at the deadline and the run stops with ``time_budget``.
-            timer = clock.schedule_relative(deadline, expire)
-            return CompositeDisposable(subscription, timer)
+            return Disposable(fold.dispose)
 
         return Observable(subscribe)
 
@@ -254,3 +296,131 @@ def run_loop(
         return subscription
 
     return Observable(subscribe)
+
+
+def run_steps(
+    config: StepConfig,
+    policy: Policy,
+    initial: ConversationInput,
+    *,
+    scheduler: abc.SchedulerBase | None = None,
+    interrupt: Callable[[], None] | None = None,
+    agent: str | None = None,
+) -> Observable[AgentEvent]:
+    """One run of ``loop(steps_of(config), policy)`` on ``initial``, the way ``Agent``
+    runs it: the steps are driven one after another with no operator in between (the
+    same step, the same fold; a run starts with 2 subscriptions instead of 8). A step
+    whose model called a handoff tool (``ra.handoff(agent)``) hands the rest of the
+    run to that agent's config, with a ``Handoff`` event; ``policy`` goes on counting
+    across agents."""
+
+    def subscribe(
+        observer: abc.ObserverBase[AgentEvent], default: abc.SchedulerBase | None = None
+    ) -> abc.DisposableBase:
+        clock = scheduler or default or loop_scheduler()
+        history = initial if isinstance(initial, Conversation) else Conversation.of(initial)
+        steps = _Steps(config, policy, history, observer, clock, interrupt, agent)
+        steps.advance()
+        return Disposable(steps.dispose)
+
+    return DirectObservable(subscribe)
+
+
+class _Steps(abc.ObserverBase[AgentEvent]):
+    """Starts a step, hands its events to the fold, and starts the next one when the fold
+    says go on and the step has completed."""
+
+    __slots__ = (
+        "agent",
+        "config",
+        "current",
+        "disposed",
+        "fold",
+        "following",
+        "handoff",
+        "number",
+        "ready",
+        "shared",
+    )
+
+    def __init__(
+        self,
+        config: StepConfig,
+        policy: Policy,
+        history: Conversation,
+        observer: abc.ObserverBase[AgentEvent],
+        clock: abc.SchedulerBase,
+        interrupt: Callable[[], None] | None,
+        agent: str | None = None,
+    ) -> None:
+        self.config = config
+        self.agent = agent
+        #: The handoff the last step asked for: (the new agent's config, the event).
+        self.handoff: tuple[StepConfig, Handoff] | None = None
+        self.number = 0
+        self.shared = _Shared()
+        self.current: abc.DisposableBase | None = None
+        self.disposed = False
+        #: The conversation of the next step, once the fold said go on.
+        self.following: Conversation | None = None
+        #: The next step may start (the first, or the previous one completed).
+        self.ready: Conversation | None = history.copy()
+        self.fold = _Fold(policy, history, observer, clock, self._go_on, interrupt, agent)
+
+    def _go_on(self, conversation: Conversation) -> None:
+        self.following = conversation
+
+    def advance(self) -> None:
+        # A loop, not recursion: a step that completes at once (cancelled before it
+        # began) starts the next one here, not deeper in the stack.
+        while self.ready is not None and not (self.disposed or self.fold.over):
+            conversation, self.ready = self.ready, None
+            self.number += 1
+            step = _Step(self.config, conversation, self.number, self, self.shared)
+            self.current = step.start()
+
+    def on_next(self, value: AgentEvent) -> None:
+        if type(value) is StepCompleted and value.outcome.handoff is not None:
+            self._prepare_handoff(value.outcome)
+        self.fold.on_next(value)
+
+    def _prepare_handoff(self, outcome: StepOutcome) -> None:
+        call = next(c for c in outcome.tool_calls if c.id == outcome.handoff_call)
+        target = getattr(self.config.registry.get(call.name), "handoff_agent", None)
+        if target is None:
+            return
+        config = target.config
+        if self.config.cancel is not None:
+            config = dataclasses.replace(config, cancel=self.config.cancel)
+        event = Handoff(
+            step=outcome.step,
+            from_agent=self.agent,
+            to_agent=str(target.name),
+            call_id=call.id,
+        )
+        self.handoff = (config, event)
+
+    def on_error(self, error: Exception) -> None:
+        self.fold.on_error(error)
+
+    def on_completed(self) -> None:
+        following, self.following = self.following, None
+        if following is None:
+            self.fold.on_completed()  # a step that ended without saying how
+            return
+        handoff, self.handoff = self.handoff, None
+        if handoff is not None:
+            self.config, event = handoff
+            self.agent = event.to_agent
+            self.shared = _Shared()
+            self.fold.on_next(event)
+        self.ready = following
+        if self.current is not None:  # else: inside start(); advance() goes on from there
+            self.current = None
+            self.advance()
+
+    def dispose(self) -> None:
+        self.disposed = True
+        if self.current is not None:
+            self.current.dispose()
+        self.fold.dispose()
