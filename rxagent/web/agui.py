@@ -33,25 +33,8 @@ from typing import Any
 from ag_ui import core as agui
 from reactivex import Observable
 
-from rxagent.events import (
-    AgentEvent,
-    OutputRetry,
-    ReasoningDelta,
-    RunCompleted,
-    RunFailed,
-    RunStarted,
-    StepCompleted,
-    StepRetry,
-    StepStarted,
-    Structured,
-    TextDelta,
-    ToolArgsDelta,
-    ToolCallEnded,
-    ToolCallPending,
-    ToolCallStarted,
-    ToolProgress,
-    UsageDelta,
-)
+from rxagent import events as ev
+from rxagent.events import AgentEvent
 from rxagent.messages import (
     AssistantMessage,
     Conversation,
@@ -184,18 +167,18 @@ class AGUIEncoder(Encoder[agui.BaseEvent]):
         out.append(agui.CustomEvent(name=f"rxagent.{name}", value=jsonable(value)))
 
     # -- event handlers ----------------------------------------------------------------
-    def _on_run_started(self, event: RunStarted, out: list[agui.BaseEvent]) -> None:
+    def _on_run_started(self, event: ev.RunStarted, out: list[agui.BaseEvent]) -> None:
         self._segments += 1
         self._open = True
         self._calls = {}
         self._resumed = set(resumed_calls(event))
         out.append(agui.RunStartedEvent(thread_id=self.thread_id, run_id=self.segment_run_id))
 
-    def _on_step_started(self, event: StepStarted, out: list[agui.BaseEvent]) -> None:
+    def _on_step_started(self, event: ev.StepStarted, out: list[agui.BaseEvent]) -> None:
         self._step = f"step-{event.step}"
         out.append(agui.StepStartedEvent(step_name=self._step))
 
-    def _on_text_delta(self, event: TextDelta, out: list[agui.BaseEvent]) -> None:
+    def _on_text_delta(self, event: ev.TextDelta, out: list[agui.BaseEvent]) -> None:
         if not event.text:
             return
         self._close_reasoning(out)
@@ -204,7 +187,7 @@ class AGUIEncoder(Encoder[agui.BaseEvent]):
             out.append(agui.TextMessageStartEvent(message_id=self._text, role="assistant"))
         out.append(agui.TextMessageContentEvent(message_id=self._text, delta=event.text))
 
-    def _on_reasoning_delta(self, event: ReasoningDelta, out: list[agui.BaseEvent]) -> None:
+    def _on_reasoning_delta(self, event: ev.ReasoningDelta, out: list[agui.BaseEvent]) -> None:
         if not event.text:
             return
         self._close_text(out)
@@ -214,21 +197,21 @@ class AGUIEncoder(Encoder[agui.BaseEvent]):
             out.append(agui.ReasoningMessageStartEvent(message_id=self._reasoning))
         out.append(agui.ReasoningMessageContentEvent(message_id=self._reasoning, delta=event.text))
 
-    def _on_tool_args_delta(self, event: ToolArgsDelta, out: list[agui.BaseEvent]) -> None:
+    def _on_tool_args_delta(self, event: ev.ToolArgsDelta, out: list[agui.BaseEvent]) -> None:
         self._start_call(event.call_id, event.name, out)
         if event.delta and self._calls.get(event.call_id) == "started":
             out.append(agui.ToolCallArgsEvent(tool_call_id=event.call_id, delta=event.delta))
 
-    def _on_tool_call_started(self, event: ToolCallStarted, out: list[agui.BaseEvent]) -> None:
+    def _on_tool_call_started(self, event: ev.ToolCallStarted, out: list[agui.BaseEvent]) -> None:
         self._whole_call(event.call_id, event.name, event.arguments, out)
 
-    def _on_tool_call_pending(self, event: ToolCallPending, out: list[agui.BaseEvent]) -> None:
+    def _on_tool_call_pending(self, event: ev.ToolCallPending, out: list[agui.BaseEvent]) -> None:
         self._whole_call(event.call_id, event.name, event.arguments, out)
 
-    def _on_tool_progress(self, event: ToolProgress, out: list[agui.BaseEvent]) -> None:
+    def _on_tool_progress(self, event: ev.ToolProgress, out: list[agui.BaseEvent]) -> None:
         self._custom("tool_progress", {"toolCallId": event.call_id, "data": event.data}, out)
 
-    def _on_tool_call_ended(self, event: ToolCallEnded, out: list[agui.BaseEvent]) -> None:
+    def _on_tool_call_ended(self, event: ev.ToolCallEnded, out: list[agui.BaseEvent]) -> None:
         if self._start_call(event.call_id, event.name, out):
             out.append(agui.ToolCallArgsEvent(tool_call_id=event.call_id, delta="{}"))
         self._end_call(event.call_id, out)
@@ -242,22 +225,22 @@ class AGUIEncoder(Encoder[agui.BaseEvent]):
             )
         )
 
-    def _on_usage_delta(self, event: UsageDelta, out: list[agui.BaseEvent]) -> None:
+    def _on_usage_delta(self, event: ev.UsageDelta, out: list[agui.BaseEvent]) -> None:
         self._input_tokens += event.prompt_tokens
         self._output_tokens += event.completion_tokens
 
-    def _on_structured(self, event: Structured, out: list[agui.BaseEvent]) -> None:
+    def _on_structured(self, event: ev.Structured, out: list[agui.BaseEvent]) -> None:
         self._custom("structured", {"value": event.value, "partial": event.partial}, out)
 
-    def _on_step_retry(self, event: StepRetry, out: list[agui.BaseEvent]) -> None:
+    def _on_step_retry(self, event: ev.StepRetry, out: list[agui.BaseEvent]) -> None:
         self._close_parts(out)
         self._custom("step_retry", {"attempt": event.attempt, "error": event.error}, out)
 
-    def _on_output_retry(self, event: OutputRetry, out: list[agui.BaseEvent]) -> None:
+    def _on_output_retry(self, event: ev.OutputRetry, out: list[agui.BaseEvent]) -> None:
         self._close_parts(out)
         self._custom("output_retry", {"attempt": event.attempt, "errors": event.errors}, out)
 
-    def _on_step_completed(self, event: StepCompleted, out: list[agui.BaseEvent]) -> None:
+    def _on_step_completed(self, event: ev.StepCompleted, out: list[agui.BaseEvent]) -> None:
         self._close_parts(out)
         out.append(agui.StepFinishedEvent(step_name=f"step-{event.step}"))
 
@@ -270,7 +253,7 @@ class AGUIEncoder(Encoder[agui.BaseEvent]):
             )
         ]
 
-    def _on_run_completed(self, event: RunCompleted, out: list[agui.BaseEvent]) -> None:
+    def _on_run_completed(self, event: ev.RunCompleted, out: list[agui.BaseEvent]) -> None:
         self._close_parts(out)
         self._open = False
         run = event.run
@@ -302,7 +285,7 @@ class AGUIEncoder(Encoder[agui.BaseEvent]):
             )
         )
 
-    def _on_run_failed(self, event: RunFailed, out: list[agui.BaseEvent]) -> None:
+    def _on_run_failed(self, event: ev.RunFailed, out: list[agui.BaseEvent]) -> None:
         self._close_parts(out)
         self._open = False
         out.append(

@@ -41,25 +41,8 @@ from typing import Any
 
 from reactivex import Observable
 
-from rxagent.events import (
-    AgentEvent,
-    OutputRetry,
-    ReasoningDelta,
-    RunCompleted,
-    RunFailed,
-    RunStarted,
-    StepCompleted,
-    StepRetry,
-    StepStarted,
-    Structured,
-    TextDelta,
-    ToolArgsDelta,
-    ToolCallEnded,
-    ToolCallPending,
-    ToolCallStarted,
-    ToolProgress,
-    UsageDelta,
-)
+from rxagent import events as ev
+from rxagent.events import AgentEvent
 from rxagent.messages import (
     AssistantMessage,
     Conversation,
@@ -251,12 +234,12 @@ class UIMessageEncoder(Encoder[Chunk]):
         )
 
     # -- event handlers ----------------------------------------------------------------
-    def _on_run_started(self, event: RunStarted, out: list[Chunk]) -> None:
+    def _on_run_started(self, event: ev.RunStarted, out: list[Chunk]) -> None:
         self._segment = _Segment(resumed_calls(event))
         for call in self._segment.resumed.values():
             self._call(call.id, call.name).decided = call.status
 
-    def _on_step_started(self, event: StepStarted, out: list[Chunk]) -> None:
+    def _on_step_started(self, event: ev.StepStarted, out: list[Chunk]) -> None:
         self._close_parts(out)
         self._end_step(out)
         if self._segment.resumed and event.step == 1:
@@ -265,7 +248,7 @@ class UIMessageEncoder(Encoder[Chunk]):
             self._step_open = True
             out.append({"type": "start-step"})
 
-    def _on_text_delta(self, event: TextDelta, out: list[Chunk]) -> None:
+    def _on_text_delta(self, event: ev.TextDelta, out: list[Chunk]) -> None:
         if not event.text:
             return
         self._open_step(out)
@@ -275,7 +258,7 @@ class UIMessageEncoder(Encoder[Chunk]):
             out.append({"type": "text-start", "id": self._text})
         out.append({"type": "text-delta", "id": self._text, "delta": event.text})
 
-    def _on_reasoning_delta(self, event: ReasoningDelta, out: list[Chunk]) -> None:
+    def _on_reasoning_delta(self, event: ev.ReasoningDelta, out: list[Chunk]) -> None:
         if not event.text:
             return
         self._open_step(out)
@@ -285,7 +268,7 @@ class UIMessageEncoder(Encoder[Chunk]):
             out.append({"type": "reasoning-start", "id": self._reasoning})
         out.append({"type": "reasoning-delta", "id": self._reasoning, "delta": event.text})
 
-    def _on_tool_args_delta(self, event: ToolArgsDelta, out: list[Chunk]) -> None:
+    def _on_tool_args_delta(self, event: ev.ToolArgsDelta, out: list[Chunk]) -> None:
         self._open_step(out)
         self._close_parts(out)
         call = self._call(event.call_id, event.name)
@@ -300,10 +283,10 @@ class UIMessageEncoder(Encoder[Chunk]):
                 }
             )
 
-    def _on_tool_call_started(self, event: ToolCallStarted, out: list[Chunk]) -> None:
+    def _on_tool_call_started(self, event: ev.ToolCallStarted, out: list[Chunk]) -> None:
         self._input(event.call_id, self._call(event.call_id, event.name), event.arguments, out)
 
-    def _on_tool_call_pending(self, event: ToolCallPending, out: list[Chunk]) -> None:
+    def _on_tool_call_pending(self, event: ev.ToolCallPending, out: list[Chunk]) -> None:
         call = self._call(event.call_id, event.name)
         self._input(event.call_id, call, event.arguments, out)
         if event.awaiting != "approval":
@@ -327,7 +310,7 @@ class UIMessageEncoder(Encoder[Chunk]):
                 }
             )
 
-    def _on_tool_progress(self, event: ToolProgress, out: list[Chunk]) -> None:
+    def _on_tool_progress(self, event: ev.ToolProgress, out: list[Chunk]) -> None:
         out.append(
             {
                 "type": "data-tool-progress",
@@ -336,7 +319,7 @@ class UIMessageEncoder(Encoder[Chunk]):
             }
         )
 
-    def _on_tool_call_ended(self, event: ToolCallEnded, out: list[Chunk]) -> None:
+    def _on_tool_call_ended(self, event: ev.ToolCallEnded, out: list[Chunk]) -> None:
         call = self._call(event.call_id, event.name)
         if not call.input_sent and event.call_id not in self._segment.resumed:
             try:
@@ -379,11 +362,11 @@ class UIMessageEncoder(Encoder[Chunk]):
                 {"type": "tool-output-error", "toolCallId": event.call_id, "errorText": text}
             )
 
-    def _on_usage_delta(self, event: UsageDelta, out: list[Chunk]) -> None:
+    def _on_usage_delta(self, event: ev.UsageDelta, out: list[Chunk]) -> None:
         self._input_tokens += event.prompt_tokens
         self._output_tokens += event.completion_tokens
 
-    def _on_structured(self, event: Structured, out: list[Chunk]) -> None:
+    def _on_structured(self, event: ev.Structured, out: list[Chunk]) -> None:
         self._open_step(out)
         out.append(
             {
@@ -393,13 +376,13 @@ class UIMessageEncoder(Encoder[Chunk]):
             }
         )
 
-    def _on_step_retry(self, event: StepRetry, out: list[Chunk]) -> None:
+    def _on_step_retry(self, event: ev.StepRetry, out: list[Chunk]) -> None:
         self._close_parts(out)
         out.append(
             {"type": "data-step-retry", "data": {"attempt": event.attempt, "error": event.error}}
         )
 
-    def _on_output_retry(self, event: OutputRetry, out: list[Chunk]) -> None:
+    def _on_output_retry(self, event: ev.OutputRetry, out: list[Chunk]) -> None:
         self._close_parts(out)
         out.append(
             {
@@ -408,11 +391,11 @@ class UIMessageEncoder(Encoder[Chunk]):
             }
         )
 
-    def _on_step_completed(self, event: StepCompleted, out: list[Chunk]) -> None:
+    def _on_step_completed(self, event: ev.StepCompleted, out: list[Chunk]) -> None:
         self._close_parts(out)
         self._end_step(out)
 
-    def _on_run_completed(self, event: RunCompleted, out: list[Chunk]) -> None:
+    def _on_run_completed(self, event: ev.RunCompleted, out: list[Chunk]) -> None:
         self._close_parts(out)
         self._end_step(out)
         self._stop = event.run.stop
@@ -420,7 +403,7 @@ class UIMessageEncoder(Encoder[Chunk]):
         if event.run.stop is StopReason.CANCELLED:
             out.append({"type": "abort"})
 
-    def _on_run_failed(self, event: RunFailed, out: list[Chunk]) -> None:
+    def _on_run_failed(self, event: ev.RunFailed, out: list[Chunk]) -> None:
         self._close_parts(out)
         self._end_step(out)
         self._failed = True
