@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import dataclasses
 import math
 import secrets
@@ -392,7 +393,7 @@ class LocalHub(RunHub):
         self._closed = False
         # Readers that wait with a time limit, and one timer for the earliest limit
         # (a timer per wait would cost more than the wait: readers wait once an event).
-        self._deadlines: dict[asyncio.Future[None], float] = {}
+        self._deadlines: dict[asyncio.Future[None], tuple[float, _Entry]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
 
@@ -538,18 +539,19 @@ class LocalHub(RunHub):
         """Until ``entry`` changes, or ``seconds`` pass."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
-        if len(entry.waiters) > 64:  # readers that timed out on an idle run
-            entry.waiters = [w for w in entry.waiters if not w.done()]
         entry.waiters.append(waiter)
         if seconds is not None:
             deadline = loop.time() + seconds
-            self._deadlines[waiter] = deadline
+            self._deadlines[waiter] = (deadline, entry)
             if deadline < self._timer_at:
                 self._arm(loop, deadline)
         try:
             await waiter
         finally:
             self._deadlines.pop(waiter, None)
+            if waiter.cancelled():  # the reader went away: out of the entry's list
+                with contextlib.suppress(ValueError):
+                    entry.waiters.remove(waiter)
 
     def _arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
         if self._timer is not None:
@@ -560,13 +562,15 @@ class LocalHub(RunHub):
     def _expire_waits(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer, self._timer_at = None, math.inf
         now = loop.time() + 0.01  # those due within 10 ms go now too
-        for waiter, deadline in list(self._deadlines.items()):
+        for waiter, (deadline, entry) in list(self._deadlines.items()):
             if deadline <= now:
                 del self._deadlines[waiter]
+                with contextlib.suppress(ValueError):
+                    entry.waiters.remove(waiter)
                 if not waiter.done():
                     waiter.set_result(None)
         if self._deadlines:
-            self._arm(loop, min(self._deadlines.values()))
+            self._arm(loop, min(deadline for deadline, _ in self._deadlines.values()))
 
     async def info(self, run_id: str, *, principal: Principal = None) -> RunInfo:
         entry = self._get(run_id, principal)
