@@ -17,6 +17,9 @@ from tests.web_support import bank_agent, require
 #: The ai package the test runs: v6 has the tool approval chunks and still runs on
 #: Debian's Node 18 (v7 asks for Node 22).
 AI_VERSION = "6.0.333"
+# The first run installs the package (kept in pytest's cache after that).
+pytestmark = pytest.mark.timeout(300)
+
 SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "web_ai_sdk" / "client.mjs"
 
 
