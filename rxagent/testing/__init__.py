@@ -39,19 +39,22 @@ item / answer             what the server does
 ``delay(s)``              pauses; a :class:`Gate` pauses until the test opens it
 ``disconnect()``          drops the connection mid-body
 ``stall()``               goes silent, keeping the connection open
+``keep_alive(every)``     sends only ``: keep-alive`` comments from here on
 ``malformed(payload)``    sends a ``data:`` line that is not JSON
 ``error_event(message)``  sends an ``{"error": ...}`` object and ends the body
 ``raw(bytes)``            sends bytes exactly as given
 ``status(code, ...)``     answers an HTTP error (``retry_after=`` sets the header);
                           ``rate_limited()`` is 429, ``server_error()`` 500
 ``hang_up()``             closes the connection without answering
+``no_response()``         never answers, keeping the connection open
 ``response(body, ...)``   answers exactly this status, body and headers
 ========================  ==========================================================
 
 What the client sees, through ``OpenAIProvider``: a 429 or 5xx answer, a hang-up,
-or a stall before the first chunk is retried (with a ``StepRetry`` event); after
-output began, a disconnect or stall fails the step with ``StreamInterrupted`` /
-``StreamStalled`` and the partial run attached; a malformed line is a
+no response, or a stall before the first chunk is retried (with a ``StepRetry``
+event); after output began, a disconnect or stall (keep-alive comments
+included) fails the step with ``StreamInterrupted`` / ``StreamStalled`` and the
+partial run attached; a malformed line is a
 ``MalformedStream`` error and an error event a ``StreamError``, both naming what
 was sent.
 
@@ -70,7 +73,9 @@ from rxagent.testing._script import (
     Gate,
     HangUp,
     Item,
+    KeepAlive,
     Malformed,
+    NoResponse,
     Raw,
     RawResponse,
     Reasoning,
@@ -85,7 +90,9 @@ from rxagent.testing._script import (
     error_event,
     finish,
     hang_up,
+    keep_alive,
     malformed,
+    no_response,
     rate_limited,
     raw,
     reasoning,
@@ -108,8 +115,10 @@ __all__ = [
     "Gate",
     "HangUp",
     "Item",
+    "KeepAlive",
     "LoopbackServer",
     "Malformed",
+    "NoResponse",
     "Outcome",
     "Raw",
     "RawResponse",
@@ -126,7 +135,9 @@ __all__ = [
     "error_event",
     "finish",
     "hang_up",
+    "keep_alive",
     "malformed",
+    "no_response",
     "rate_limited",
     "raw",
     "reasoning",

@@ -21,9 +21,10 @@ here over HTTP:
   made calls, else ``stop``);
 * :func:`delay`: a pause; a :class:`Gate`: a pause until the test opens it;
 * faults: :func:`disconnect` (the connection drops here), :func:`stall` (the
-  server goes silent), :func:`malformed` (a ``data:`` line that is not JSON),
-  :func:`error_event` (an ``error`` object in the stream), :func:`raw` (bytes
-  sent as they are).
+  server goes silent), :func:`keep_alive` (the server sends only keep-alive
+  comments from here on), :func:`malformed` (a ``data:`` line that is not
+  JSON), :func:`error_event` (an ``error`` object in the stream), :func:`raw`
+  (bytes sent as they are).
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ __all__ = [
     "Gate",
     "HangUp",
     "Item",
+    "KeepAlive",
     "Malformed",
+    "NoResponse",
     "Raw",
     "RawResponse",
     "Reasoning",
@@ -76,7 +79,9 @@ __all__ = [
     "error_event",
     "finish",
     "hang_up",
+    "keep_alive",
     "malformed",
+    "no_response",
     "rate_limited",
     "raw",
     "reasoning",
@@ -100,6 +105,14 @@ class Finish:
 @dataclass(frozen=True)
 class Disconnect:
     """Fault: the server drops the connection here, in the middle of the body."""
+
+
+@dataclass(frozen=True)
+class KeepAlive:
+    """Fault: from here on the server sends only SSE comments, one every ``every`` seconds,
+    until the client goes away (each resets a plain read timeout, but none is data)."""
+
+    every: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -196,6 +209,7 @@ Item: TypeAlias = (
     | Gate
     | Disconnect
     | Stall
+    | KeepAlive
     | Malformed
     | ErrorEvent
     | Raw
@@ -228,6 +242,11 @@ class HangUp:
 
 
 @dataclass(frozen=True)
+class NoResponse:
+    """Fault: the server reads the request and never answers, keeping the connection open."""
+
+
+@dataclass(frozen=True)
 class RawResponse:
     """An answer sent as given: status, headers and body."""
 
@@ -236,7 +255,7 @@ class RawResponse:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-Answer: TypeAlias = Reply | Status | HangUp | RawResponse
+Answer: TypeAlias = Reply | Status | HangUp | NoResponse | RawResponse
 Turn: TypeAlias = "str | Sequence[Item] | Answer | Callable[[RecordedRequest], Turn]"
 
 
@@ -249,6 +268,16 @@ def finish(reason: str) -> Finish:
 def disconnect() -> Disconnect:
     """Drop the connection here, mid-body (the client sees an incomplete stream)."""
     return Disconnect()
+
+
+def keep_alive(every: float = 0.05) -> KeepAlive:
+    """From here on, send only a ``: keep-alive`` comment every ``every`` seconds."""
+    return KeepAlive(every)
+
+
+def no_response() -> NoResponse:
+    """Never answer the request (no status line), keeping the connection open."""
+    return NoResponse()
 
 
 def malformed(payload: str | None = None) -> Malformed:
@@ -338,7 +367,7 @@ def response(
 
 def as_answer(turn: str | Sequence[Item] | Answer) -> Answer:
     """A turn that is not a function, as an :data:`Answer`."""
-    if isinstance(turn, Reply | Status | HangUp | RawResponse):
+    if isinstance(turn, Reply | Status | HangUp | NoResponse | RawResponse):
         return turn
     if isinstance(turn, str):
         return Reply((turn,))

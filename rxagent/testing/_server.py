@@ -33,7 +33,9 @@ from rxagent.testing._script import (
     Gate,
     HangUp,
     Item,
+    KeepAlive,
     Malformed,
+    NoResponse,
     Raw,
     RawResponse,
     Reasoning,
@@ -324,7 +326,7 @@ class LoopbackServer:
         """An ``OpenAIProvider`` for this server, with fast retries (override with ``kwargs``).
 
         The defaults suit tests: retries wait milliseconds, not seconds, and a
-        stalled stream fails after 5 s.
+        server that does not answer, or a stream that stalls, fails after 5 s.
         """
         from rxagent.providers.openai import OpenAIProvider, RetryPolicy
 
@@ -332,6 +334,7 @@ class LoopbackServer:
             "base_url": self.url,
             "api_key": "loopback",
             "retry": RetryPolicy(base_delay=0.001, max_delay=0.02),
+            "first_byte_timeout": 5.0,
             "read_timeout": 5.0,
         }
         settings.update(kwargs)
@@ -526,6 +529,10 @@ class LoopbackServer:
         if isinstance(answer, HangUp):
             request._end("closed")
             return False
+        if isinstance(answer, NoResponse):
+            await connection.gone()
+            request._end("disconnected")
+            return False
         if isinstance(answer, Status):
             problem = _error_body(answer.message, answer.type, answer.code)
             await self._send_json(connection, answer.status, problem, answer.headers)
@@ -670,6 +677,10 @@ class _Streamer:
                 return "closed"
             elif isinstance(item, Stall):
                 await asyncio.Event().wait()  # until the client leaves or the server stops
+            elif isinstance(item, KeepAlive):
+                while True:  # until the client leaves or the server stops
+                    await self._write(b": keep-alive\n\n")
+                    await asyncio.sleep(item.every)
             elif isinstance(item, Malformed):
                 await self._data(item.payload)
             elif isinstance(item, ErrorEvent):
@@ -773,7 +784,7 @@ async def _play_whole(
             await item._pass()
         elif isinstance(item, Disconnect):
             return "closed"
-        elif isinstance(item, Stall):
+        elif isinstance(item, Stall | KeepAlive):
             await asyncio.Event().wait()
         elif isinstance(item, Malformed | Raw):
             data = item.payload.encode() if isinstance(item, Malformed) else item.data
