@@ -302,3 +302,21 @@ async def test_the_terminal_and_the_display_show_a_sub_agent_under_its_call() ->
     assert "      ↳ researcher · completed: Rome: 3 million." in text
     assert "        lookup(" in text and "Rome has 2 million people" in text
     assert 'data-nested-for="call_1_1"' in live.render_html(run.state)
+
+
+def test_the_web_state_carries_the_nested_run() -> None:
+    from rxagent.web.native import state_json
+
+    sub = researcher(["Rome: 3 million."])
+    parent = ra.Agent(
+        ra.ScriptedProvider([[s.call("researcher", {"input": "Rome?"})], ["Big."]]),
+        tools=[sub.as_tool()],
+        name="writer",
+    )
+    run = parent.run("go")
+    run.result(timeout=5)
+    data = state_json(run.state)
+    (call,) = data["calls"]
+    assert data["current_agent"] == "writer" and call["nested"]["text"] == "Rome: 3 million."
+    assert call["nested"]["status"] == "completed"
+    assert call["nested"]["current_agent"] == "researcher"

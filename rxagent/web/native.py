@@ -74,14 +74,16 @@ def sse_events(start: int = 0) -> Callable[[Observable[AgentEvent]], Observable[
 def state_json(state: RunState) -> dict[str, Any]:
     """What a UI needs of a run's state, as JSON data.
 
-    Status, step and phase, usage, the text and reasoning of the step under way,
-    every tool call (status, arguments, progress, result or error), the calls that
+    Status, the agent running, step and phase, usage, the text and reasoning of the step under way,
+    every tool call (status, arguments, progress, result or error, and a sub-agent's
+    run, nested, for a call to one), the calls that
     wait for a decision, the error of a failed run, and ``result``: the final
     :class:`~rxagent.events.AgentRun` once the run has ended (or paused).
     """
     usage = state.usage
     return {
         "status": state.status.value,
+        "current_agent": state.agent,  # the running agent's name (a handoff changes it)
         "step": state.step,
         "phase": state.phase.value if state.phase is not None else None,
         "steps": state.steps,
@@ -121,4 +123,6 @@ def _call_json(call: ToolCallState) -> dict[str, Any]:
         "error": call.error,
         "progress": call.progress,
         "last_progress": jsonable(call.last_progress),
+        # A sub-agent's run (agent.as_tool()), folded from its nested events.
+        "nested": state_json(call.nested) if call.nested is not None else None,
     }
