@@ -254,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; the exit status is 0 on success, 1 when the run failed."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker"]:  # `rxagent worker module:agents`: a worker of a Redis pool
+        from rxagent.redis._cli import main as worker_main
+
+        return worker_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.max_tool_concurrency < 0 or args.max_steps < 1 or args.pace < 0:
         build_parser().error("--max-tool-concurrency, --max-steps and --pace must be positive")

@@ -24,6 +24,7 @@ __all__ = [
     "ReasoningDelta",
     "RunCompleted",
     "RunFailed",
+    "RunResumed",
     "RunStarted",
     "StepCompleted",
     "StepRetry",
@@ -90,6 +91,26 @@ class RunStarted(_Event):
 
     type: Literal["run_started"] = "run_started"
     input: Conversation = Field(default_factory=Conversation)
+    at: float = Field(default_factory=_now)
+
+
+class RunResumed(_Event):
+    """The run goes on from ``input``, in another process or after a pause.
+
+    ``reason`` is ``"recovered"`` when the worker running it was lost and another
+    took it over, ``"decided"`` when a paused run's waiting calls were decided and it
+    resumes. ``step`` is the step that runs next: a step of that number already under
+    way is void, so drop its partial text, reasoning and the calls that ``input``
+    does not carry on (a recovered step's started calls are carried on, approved, and
+    run again with the same call ids: at-least-once). The events go on with the
+    next index, as one stream; a fold (:class:`~rxagent.state.RunState`) takes the
+    run's conversation from ``input``. ``worker`` names the process that goes on.
+    """
+
+    type: Literal["run_resumed"] = "run_resumed"
+    input: Conversation = Field(default_factory=Conversation)
+    reason: Literal["recovered", "decided"] = "recovered"
+    worker: str | None = None
     at: float = Field(default_factory=_now)
 
 
@@ -242,6 +263,7 @@ class RunFailed(_Event):
 
 AgentEvent: TypeAlias = Annotated[
     RunStarted
+    | RunResumed
     | StepStarted
     | TextDelta
     | ReasoningDelta

@@ -172,7 +172,9 @@ def fan_out_tools(
             def on_error(error: Exception) -> None:
                 ended(error=_as_tool_error(error, call))
 
-            items = from_async_iterable(lambda: bound.tool.stream(bound.kwargs, executor=executor))
+            items = from_async_iterable(
+                lambda: bound.tool.stream(bound.kwargs, executor=executor, call_id=call.id)
+            )
             limit = bound.tool.timeout or timeout
             if limit is not None:
                 items = items.pipe(

@@ -4,6 +4,10 @@
   empty script (``push`` the turns the test needs), stopped after the test.
 * ``loopback_provider``: an ``OpenAIProvider`` pointed at that server, with fast
   retries (``server.provider()``).
+* ``redis_server``: a private ``redis-server`` (:class:`rxagent.redis.testing.RedisServer`)
+  on a free port in a temporary directory, stopped after the test; ``.url`` is its
+  address. The test is skipped when ``redis-server`` is not installed, unless ``CI``
+  is set (then it fails).
 
 ::
 
@@ -28,9 +32,10 @@ import pytest
 
 if TYPE_CHECKING:
     from rxagent.providers.openai import OpenAIProvider
+    from rxagent.redis.testing import RedisServer
     from rxagent.testing import LoopbackServer
 
-__all__ = ["loopback_provider", "loopback_server"]
+__all__ = ["loopback_provider", "loopback_server", "redis_server"]
 
 
 @pytest.fixture
@@ -49,3 +54,19 @@ def loopback_server() -> Iterator[LoopbackServer]:
 def loopback_provider(loopback_server: LoopbackServer) -> OpenAIProvider:
     """An ``OpenAIProvider`` for ``loopback_server``, with fast retries."""
     return loopback_server.provider()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A private redis-server on a free port, in a temporary directory; stopped after."""
+    import os
+
+    from rxagent.redis.testing import RedisServer, find_redis_server
+
+    if find_redis_server() is None:
+        message = "redis-server is not installed (Debian: apt-get install redis-server)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with RedisServer() as server:
+        yield server

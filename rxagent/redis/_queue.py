@@ -1,0 +1,224 @@
+"""RunQueue: submit runs to the worker pool, and control them from any process."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from reactivex import Observable
+from redis.asyncio import Redis
+
+from rxagent.agent import Agent
+from rxagent.errors import ApprovalError
+from rxagent.events import AgentEvent
+from rxagent.messages import Conversation, ConversationInput
+from rxagent.redis._codec import RunInfo, text
+from rxagent.redis._errors import RunNotFound, UnknownAgent, check_reachable
+from rxagent.redis._keys import DEFAULT_PREFIX, Keys, keys_of
+from rxagent.redis._observe import follow, observe
+from rxagent.redis._scripts import Scripts
+from rxagent.state import RunState, RunStatus
+
+__all__ = ["RunQueue", "new_run_id"]
+
+
+def new_run_id() -> str:
+    """An unguessable run id: 128 random bits, URL-safe."""
+    return secrets.token_urlsafe(16)
+
+
+class RunQueue:
+    """The front of the worker pool: submit runs, read them, cancel them, decide their
+    waiting calls; from any process.
+
+    ``agents`` (optional) are the agents the workers serve, by name: given them, the
+    queue refuses a run of an unknown agent at once (:class:`UnknownAgent`, instead of
+    the run failing on a worker), and checks a call's edited arguments against its
+    tool's schema when it is approved (else the worker finds out when it resumes, and
+    the run fails with the ``ApprovalError``).
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        prefix: str | Keys = DEFAULT_PREFIX,
+        agents: Mapping[str, Agent] | None = None,
+    ) -> None:
+        self.client = client
+        self.keys = keys_of(prefix)
+        self.agents = dict(agents) if agents is not None else None
+        self._scripts = Scripts(client)
+        self._ready = False
+
+    async def _connect(self) -> None:
+        if self._ready:
+            return
+        await check_reachable(self.client)
+        await ensure_group(self.client, self.keys)
+        self._ready = True
+
+    # -- submitting ----------------------------------------------------------------------
+    async def submit(
+        self,
+        agent: str,
+        input: ConversationInput,
+        *,
+        owner: str | None = None,
+        run_id: str | None = None,
+    ) -> str:
+        """Queue a run of the agent named ``agent`` on ``input`` (text, messages or a
+        Conversation); returns its id. A worker serving that agent picks it up.
+
+        ``owner`` (a principal) is recorded with the run. Raises :class:`UnknownAgent`
+        when the queue knows its agents and ``agent`` is not one of them, and
+        ``ApprovalError`` for a conversation whose waiting calls cannot be resumed.
+        """
+        conversation = Conversation.of(input)
+        if self.agents is not None:
+            found = self.agents.get(agent)
+            if found is None:
+                raise UnknownAgent(
+                    f"no agent named {agent!r}; known agents: {', '.join(sorted(self.agents))}"
+                )
+            found.run(conversation.copy())  # raises ApprovalError for a bad resume; not started
+        await self._connect()
+        if run_id is None:
+            run_id = new_run_id()
+        elif await self.client.exists(self.keys.meta(run_id)):
+            raise ValueError(f"a run with id {run_id!r} exists already")
+        now = repr(time.time())
+        meta: dict[str | bytes | bytearray | memoryview | int | float, str | int | float] = {
+            "status": RunStatus.QUEUED.value,
+            "agent": agent,
+            "owner": owner or "",
+            "created": now,
+            "updated": now,
+            "last": "-1",
+            "input": conversation.to_json(),
+        }
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.meta(run_id), mapping=meta)
+            pipe.xadd(self.keys.jobs, {"run": run_id, "kind": "start"})
+            await pipe.execute()
+        return run_id
+
+    # -- reading -------------------------------------------------------------------------
+    async def info(self, run_id: str) -> RunInfo:
+        """The run's metadata: status, agent, owner, last index, its conversation, ..."""
+        fields = await self.client.hgetall(self.keys.meta(run_id))
+        if not fields:
+            raise RunNotFound(run_id)
+        return RunInfo.of(run_id, fields)
+
+    async def state(self, run_id: str) -> RunState:
+        """The run's state now: the fold of the events in its log."""
+        info = await self.info(run_id)
+        state = RunState.of(info.conversation or Conversation())
+        async for _, event in follow(self.client, run_id, prefix=self.keys, live=False):
+            state = state.apply(event)
+        return state
+
+    def observe(self, run_id: str, after: int | None = None) -> Observable[AgentEvent]:
+        """The run's events, replayed then live (see :func:`rxagent.redis.observe`)."""
+        return observe(self.client, run_id, after, prefix=self.keys)
+
+    async def workers(self) -> dict[str, float]:
+        """The workers on this prefix that are running (or died without saying so), each
+        with the time of its last heartbeat."""
+        found = await self.client.hgetall(self.keys.workers)
+        return {text(name) or "": float(text(seen) or 0) for name, seen in found.items()}
+
+    async def agent_names(self) -> set[str]:
+        """The names of the agents the workers on this prefix serve (or have served)."""
+        return {text(name) or "" for name in await self.client.hkeys(self.keys.agents)}
+
+    # -- control -------------------------------------------------------------------------
+    async def cancel(self, run_id: str) -> bool:
+        """Cancel the run, from any process: the worker running it stops it, and it ends
+        with ``RunCompleted(stop="cancelled")``; a run still queued ends so when a worker
+        takes it. Returns ``False`` when the run had ended already (a paused run has:
+        it is not cancelled, it waits; let it expire, or reject its calls)."""
+        meta_key = self.keys.meta(run_id)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hget(meta_key, "status")
+            pipe.exists(meta_key)
+            status, exists = await pipe.execute()
+        if not exists:
+            raise RunNotFound(run_id)
+        if RunStatus(text(status) or RunStatus.QUEUED).is_final:
+            return False
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(meta_key, "cancel", "1")
+            pipe.publish(self.keys.control, json.dumps({"cancel": run_id}))
+            await pipe.execute()
+        return True
+
+    async def approve(
+        self, run_id: str, call_id: str, *, arguments: Mapping[str, Any] | str | None = None
+    ) -> bool:
+        """Approve a waiting call of a paused run (with edited ``arguments``, if given).
+
+        Once no call of the run waits any more, its resume is queued: a worker runs the
+        approved calls and goes on, under the same run id (after a ``RunResumed``
+        event). Returns whether the resume was queued. Raises ``ApprovalError`` when the
+        call does not wait for a decision (or the edited arguments do not fit, where
+        the queue knows the agent), :class:`RunNotFound` for an unknown run.
+        """
+        return await self._decide(run_id, lambda c: c.approve(call_id, arguments=arguments))
+
+    async def reject(
+        self, run_id: str, call_id: str, reason: str = "The user declined this call."
+    ) -> bool:
+        """Reject a waiting call of a paused run; the model reads ``reason``. As
+        :meth:`approve`, the resume is queued once nothing waits."""
+        return await self._decide(run_id, lambda c: c.reject(call_id, reason))
+
+    async def _decide(self, run_id: str, decide: Any) -> bool:
+        await self._connect()
+        meta_key = self.keys.meta(run_id)
+        while True:
+            agent, status, raw = await self.client.hmget(meta_key, ["agent", "status", "snapshot"])
+            if status is None:
+                raise RunNotFound(run_id)
+            if text(status) != RunStatus.PAUSED.value or raw is None:
+                raise ApprovalError(
+                    f"run {run_id} is {text(status)}, not paused: it has no call waiting "
+                    "for a decision"
+                )
+            read = text(raw) or ""
+            conversation = Conversation.from_json(read).copy()
+            decide(conversation)  # ApprovalError: not pending, arguments not JSON, ...
+            if self.agents is not None:
+                found = self.agents.get(text(agent) or "")
+                if found is not None:
+                    found.run(conversation.copy())  # checks approved arguments; not started
+            resume = not conversation.pending
+            done = await self._scripts.decide(
+                keys=[meta_key, self.keys.jobs, self.keys.events(run_id)],
+                args=[
+                    read,
+                    conversation.to_json(),
+                    "resume" if resume else "",
+                    run_id,
+                    time.time(),
+                ],
+            )
+            if int(done) == 1:
+                return resume
+            if int(done) == -1:
+                raise ApprovalError(f"run {run_id} is not paused any more (it was resumed)")
+            # The conversation changed under us (another decision): read it again.
+
+
+async def ensure_group(client: Redis, keys: Keys) -> None:
+    """Create the jobs stream and the workers' consumer group, reading from the start
+    (so no job queued before the first worker came is missed)."""
+    try:
+        await client.xgroup_create(keys.jobs, keys.group, id="0", mkstream=True)
+    except Exception as error:
+        if "BUSYGROUP" not in str(error):
+            raise
