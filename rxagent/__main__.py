@@ -9,7 +9,8 @@ With no ``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, ``--api-key`` or ``--base-url``
 (or with ``--offline``), the model is an offline demo model served by
 :class:`rxagent.testing.LoopbackServer` and reached through the real
 ``OpenAIProvider``, so the whole HTTP path runs. ``--json`` prints the events as
-JSON lines instead (pipe them into ``jq``).
+JSON lines instead (pipe them into ``jq``). ``rxagent web`` serves the chat page on
+the same agent (see :mod:`rxagent.web.demo`).
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ class _Result:
 
     @property
     def failed(self) -> bool:
-        return self.content.startswith("Error") or self.content.startswith("Cancelled")
+        return self.content.startswith(("Error", "Cancelled", "Rejected"))
 
 
 def _tool_results(messages: list[dict[str, Any]]) -> list[_Result]:
@@ -253,9 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the demo; the exit status is 0 on success, 1 when the run failed."""
+    """Run the demo; the exit status is 0 on success, 1 when the run failed.
+
+    ``rxagent web ...`` serves the chat page instead (the ``rxagent[web]`` extra), and
+    ``rxagent worker module:agents`` runs a worker of a Redis pool (``rxagent[redis]``).
+    """
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["worker"]:  # `rxagent worker module:agents`: a worker of a Redis pool
+    if argv[:1] == ["web"]:
+        from rxagent.web.demo import main as web_main
+
+        return web_main(argv[1:])
+    if argv[:1] == ["worker"]:
         from rxagent.redis._cli import main as worker_main
 
         return worker_main(argv[1:])

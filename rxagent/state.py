@@ -412,6 +412,13 @@ class RunState:
 
     # Each handler changes ``self``, a fresh copy nobody else holds yet.
     def _run_started(self, event: RunStarted) -> None:
+        if self.status.is_final:
+            # A log that goes on after its run ended: a paused run resumed under the same
+            # id (rxagent.web's run hub). The new segment runs; its steps count from 1.
+            self.status = RunStatus.RUNNING
+            self.step = 0
+            self.result = self.stop = self.error = self.error_type = self.ended_at = None
+            self.pending = ()
         self.input = self.messages = tuple(event.input)
         self.started_at = event.at
 
