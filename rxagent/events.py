@@ -95,21 +95,20 @@ class RunStarted(_Event):
 
 
 class RunResumed(_Event):
-    """The run goes on from ``input``, in another process or after a pause.
+    """The run goes on in another process: the one running it was lost (``rxagent.redis``).
 
-    ``reason`` is ``"recovered"`` when the worker running it was lost and another
-    took it over, ``"decided"`` when a paused run's waiting calls were decided and it
-    resumes. ``step`` is the step that runs next: a step of that number already under
-    way is void, so drop its partial text, reasoning and the calls that ``input``
-    does not carry on (a recovered step's started calls are carried on, approved, and
-    run again with the same call ids: at-least-once). The events go on with the
-    next index, as one stream; a fold (:class:`~rxagent.state.RunState`) takes the
+    ``step`` is the step that runs (again) next: a step of that number already under
+    way is void, so drop its partial text and reasoning, and the calls that ``input``
+    does not carry on. ``input`` is the conversation the run goes on from: as of its
+    last completed step, and, when the void step had started tool calls, its assistant
+    turn with those calls approved, so that they run again with the same call ids
+    (at-least-once; the call id is a tool's idempotency key). The events go on with the
+    next index, in the same stream; a fold (:class:`~rxagent.state.RunState`) takes the
     run's conversation from ``input``. ``worker`` names the process that goes on.
     """
 
     type: Literal["run_resumed"] = "run_resumed"
     input: Conversation = Field(default_factory=Conversation)
-    reason: Literal["recovered", "decided"] = "recovered"
     worker: str | None = None
     at: float = Field(default_factory=_now)
 

@@ -521,25 +521,23 @@ class RunState:
         self.structured = None
 
     def _run_resumed(self, event: RunResumed) -> None:
-        # The run goes on from the event's conversation; a step under way is void, but
-        # for the calls the conversation carries on (they run again).
+        # The run goes on from the event's conversation: the step under way is void, but
+        # for the calls the conversation carries on (they run again); calls it does not
+        # have are gone with the step.
+        known = _call_ids(self.messages)
         self.messages = tuple(event.input)
-        self.status = RunStatus.RUNNING
         self.phase = None
-        self.stop = None
-        self.result = None
-        self.ended_at = None
-        self.pending = ()
         self._step_usage = _ZERO
         self._drop_partial()
         carried = {call.id: call for call in _waiting_calls(self.messages)}
+        kept = _call_ids(self.messages)
         calls: dict[str, ToolCallState] = {}
         for call_id, call in self.calls.items():
             if call_id in carried:
                 calls[call_id] = call.evolve(status=carried[call_id].status)
-                if call.step >= event.step:
+                if call_id not in known:
                     self.tool_calls += 1  # the model made it in the void step: it counts
-            elif call.step < event.step:
+            elif call_id in kept:
                 calls[call_id] = call
         self.calls = calls
 
@@ -712,6 +710,10 @@ def _applied(messages: tuple[Message, ...], outcome: StepOutcome) -> tuple[Messa
     if outcome.replaces:
         messages = messages[: len(messages) - outcome.replaces]
     return messages + outcome.messages
+
+
+def _call_ids(messages: tuple[Message, ...]) -> set[str]:
+    return {c.id for m in messages if isinstance(m, AssistantMessage) for c in m.tool_calls}
 
 
 def _waiting_calls(messages: tuple[Message, ...]) -> list[ToolCall]:

@@ -49,6 +49,7 @@ from rxagent.redis import (
     observe,
 )
 from rxagent.redis._resume import recovery_conversation
+from rxagent.redis._scripts import Scripts
 from rxagent.redis.testing import RedisServer
 from rxagent.state import RunStatus, fold
 from tests.redis_support import assert_coherent, log_of
@@ -305,6 +306,48 @@ async def test_connection_lost_past_the_window_fails_the_run_keeping_its_partial
     assert [i for i, _ in log] == list(range(len(log)))  # nothing lost, nothing twice
     assert len([e for _, e in log if e.type == "text_delta"]) >= 20
     assert (await RunQueue(client).info(run_id)).status is RunStatus.FAILED
+
+
+async def test_a_recovered_run_goes_on_with_its_steps_and_its_budget(
+    client: redis.Redis,
+) -> None:
+    @ra.tool
+    def tick(n: int) -> int:
+        """Tick."""
+        return n
+
+    def model(request: ra.ProviderRequest) -> s.Turn:
+        n = sum(isinstance(m, ra.ToolMessage) for m in request.messages)
+        return [f"step {n + 1} ", s.call("tick", {"n": n}, id=f"call-{n}")]
+
+    agent = ra.Agent(ra.ScriptedProvider(model), tools=[tick], policy=ra.policies.max_steps(3))
+    whole = agent.run("go")
+    expected = await ra.collect_final(whole)
+    # A worker ("ghost") took the run, wrote step 1 and the start of step 2, and died.
+    queue = RunQueue(client)
+    run_id = await queue.submit("ticker", "go")
+    await client.xreadgroup("workers", "ghost", {"rxagent:jobs": ">"}, count=1)
+    reply = await Scripts(client).acquire(
+        keys=[f"rxagent:run:{run_id}"], args=["ghost", "start", 0]
+    )
+    ghost = EventLog(client, run_id, lease=reply[1].decode())
+    events = list(whole.events)
+    cut = next(i for i, e in enumerate(events) if isinstance(e, StepCompleted))
+    for event in events[: cut + 3]:  # step 1, then step 2's StepStarted and first text
+        ghost.append(event)
+    await ghost.flush()
+    assert ghost.state.step_text == "step 2 "
+    async with Serving(client, {"ticker": agent}, heartbeat=0.05, claim_after=0.2):
+        result = await ra.collect_final(observe(client, run_id))
+    log = await log_of(client, run_id)
+    assert assert_coherent(log) == result
+    # The max_steps(3) budget went on from step 1: three steps, not four.
+    assert result.stop == "max_steps" and result.steps == 3
+    assert result.messages == expected.messages and result.usage == expected.usage
+    assert [e.step for _, e in log if isinstance(e, StepStarted)] == [1, 2, 2, 3]
+    (resumed,) = [e for _, e in log if isinstance(e, RunResumed)]
+    assert resumed.step == 2 and resumed.input == fold(events[: cut + 1]).conversation
+    assert fold(e for _, e in log).texts == {1: "step 1 ", 2: "step 2 ", 3: "step 3 "}
 
 
 # -- recovery semantics, no Redis needed ---------------------------------------------------

@@ -97,7 +97,7 @@ async def test_a_worker_killed_during_model_streaming_is_replaced_and_observers_
     result = assert_coherent(log)
     assert result.text == "Hello there, world."
     (resumed,) = [e for _, e in log if e.type == "run_resumed"]
-    assert resumed.reason == "recovered" and resumed.step == 1
+    assert resumed.step == 1
     assert resumed.worker == ({"a", "b"} - {victim}).pop()
     # A fold drops the interrupted attempt's text: step 1 says it once.
     assert fold(e for _, e in log).texts == {1: "Hello there, world."}
@@ -178,13 +178,15 @@ async def test_cancel_and_approve_from_another_process(
             await queue.approve(run_id, "no-such-call")
         assert (await queue.info(run_id)).conversation == paused.messages  # unchanged
         assert marked("transfer") == []
-        assert await queue.approve(run_id, "call-transfer", arguments={"amount": 70})
+        resumed = await queue.approve(run_id, "call-transfer", arguments={"amount": 70})
+        assert resumed == info.last_index + 1
         done = await ra.collect_final(observe(client, run_id, after=info.last_index))
         assert done.text == "Bank says: transferred 70"
         log = await log_of(client, run_id)
         assert assert_coherent(log, ends=2) == done
-        (resumed,) = [e for _, e in log if e.type == "run_resumed"]
-        assert resumed.reason == "decided" and resumed.step == 2
+        # The resumed run is a new segment of the same log, from the decided conversation.
+        assert log[resumed][1].type == "run_started"
+        assert log[resumed][1].input.find_tool_call("call-transfer").status == "approved"
         assert [line.split()[:3] for line in marked("transfer")] == [
             ["transfer", "70", "call=call-transfer"]
         ]
@@ -194,11 +196,21 @@ async def test_cancel_and_approve_from_another_process(
         # Reject: the model reads the refusal.
         run_id = await queue.submit("bank", "pay")
         await ra.collect_final(observe(client, run_id))
-        assert await queue.reject(run_id, "call-transfer", "not today")
-        after = (await queue.info(run_id)).last_index
-        done = await ra.collect_final(observe(client, run_id, after=after))
+        resumed = await queue.reject(run_id, "call-transfer", "not today")
+        done = await ra.collect_final(observe(client, run_id, after=resumed - 1))
         assert done.text == "Bank says: Rejected: not today"
         assert len(marked("transfer")) == 1
+
+        # Cancel a paused run: it ends cancelled at once, its call undecided.
+        run_id = await queue.submit("bank", "pay")
+        paused = await ra.collect_final(observe(client, run_id))
+        assert await queue.cancel(run_id)
+        log = await log_of(client, run_id)
+        assert [e.type for _, e in log[-2:]] == ["run_started", "run_completed"]
+        assert log[-1][1].run.stop == "cancelled" and log[-1][1].run.messages == paused.messages
+        assert (await queue.info(run_id)).status is RunStatus.CANCELLED
+        with pytest.raises(ApprovalError, match="not paused"):
+            await queue.approve(run_id, "call-transfer")
 
 
 async def test_redis_restarted_mid_run_loses_and_repeats_nothing(

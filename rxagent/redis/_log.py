@@ -83,7 +83,8 @@ class EventLog:
     """Appends one run's events to its stream, as the holder of the run's lease.
 
     :meth:`append` is synchronous and cheap: it folds the event into the run's
-    :class:`~rxagent.state.RunState` (:attr:`state`), numbers it (:attr:`next_index`)
+    :class:`~rxagent.state.RunState` (:attr:`state`, from ``state``: the fold of the
+    events already in the log), numbers it (:attr:`next_index`)
     and buffers its JSON; a task writes the buffer in batches (one round trip per
     batch: a Lua script that appends the entries and updates the metadata hash
     atomically). A write is retried after a lost connection with backoff; entries
@@ -103,6 +104,7 @@ class EventLog:
         scripts: Scripts | None = None,
         settings: LogSettings | None = None,
         state: RunState | None = None,
+        next_index: int | None = None,
         on_lost: Callable[[str], None] | None = None,
         on_unreachable: Callable[[RedisUnavailable], None] | None = None,
     ) -> None:
@@ -113,8 +115,9 @@ class EventLog:
         self.settings = settings or LogSettings()
         self._scripts = scripts or Scripts(client)
         self._state = state or RunState()
-        #: The index the next event gets (events already in the log come before it).
-        self.next_index = self._state.events
+        #: The index the next event gets (events already in the log come before it):
+        #: ``next_index`` if given, else how many events ``state`` folded.
+        self.next_index = self._state.events if next_index is None else next_index
         self._written = self.next_index
         self._buffer: list[str] = []
         self._meta: dict[str, str] = {}
@@ -162,7 +165,8 @@ class EventLog:
         meta["status"] = state.status.value
         meta["updated"] = repr(time.time())
         kind = type(event)
-        if kind is RunResumed:
+        if kind is RunResumed or kind is RunStarted:
+            # A run (or a new segment of it, after a pause) starts, or goes on elsewhere.
             meta["snapshot"] = state.conversation.to_json()
             meta["resuming"] = "0"
             self._ttl = -1

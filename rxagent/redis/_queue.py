@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from reactivex import Observable
@@ -13,11 +13,13 @@ from redis.asyncio import Redis
 
 from rxagent.agent import Agent
 from rxagent.errors import ApprovalError
-from rxagent.events import AgentEvent
+from rxagent.events import AgentEvent, AgentRun, RunCompleted, RunStarted
 from rxagent.messages import Conversation, ConversationInput
+from rxagent.policies import StopReason
 from rxagent.redis._codec import RunInfo, text
 from rxagent.redis._errors import RunNotFound, UnknownAgent, check_reachable
 from rxagent.redis._keys import DEFAULT_PREFIX, Keys, keys_of
+from rxagent.redis._log import EventLog
 from rxagent.redis._observe import follow, observe
 from rxagent.redis._scripts import Scripts
 from rxagent.state import RunState, RunStatus
@@ -138,18 +140,22 @@ class RunQueue:
 
     # -- control -------------------------------------------------------------------------
     async def cancel(self, run_id: str) -> bool:
-        """Cancel the run, from any process: the worker running it stops it, and it ends
-        with ``RunCompleted(stop="cancelled")``; a run still queued ends so when a worker
-        takes it. Returns ``False`` when the run had ended already (a paused run has:
-        it is not cancelled, it waits; let it expire, or reject its calls)."""
+        """Cancel the run, from any process. A running run: the worker running it cancels
+        it, and it ends with ``RunCompleted(stop="cancelled")``; a queued one ends so when
+        a worker takes it up. A paused run ends at once: a segment of ``RunStarted`` and
+        ``RunCompleted(stop="cancelled")`` is appended (its calls stay undecided).
+        Returns ``False`` when the run had ended already."""
+        await self._connect()
         meta_key = self.keys.meta(run_id)
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hget(meta_key, "status")
-            pipe.exists(meta_key)
-            status, exists = await pipe.execute()
-        if not exists:
+        status, resuming, snapshot = await self.client.hmget(
+            meta_key, ["status", "resuming", "snapshot"]
+        )
+        if status is None:
             raise RunNotFound(run_id)
-        if RunStatus(text(status) or RunStatus.QUEUED).is_final:
+        state = RunStatus(text(status) or RunStatus.QUEUED)
+        if state is RunStatus.PAUSED and text(resuming) != "1" and snapshot is not None:
+            return await self._cancel_paused(run_id, Conversation.from_json(text(snapshot) or ""))
+        if state.is_final:
             return False
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.hset(meta_key, "cancel", "1")
@@ -157,61 +163,84 @@ class RunQueue:
             await pipe.execute()
         return True
 
-    async def approve(
-        self, run_id: str, call_id: str, *, arguments: Mapping[str, Any] | str | None = None
-    ) -> bool:
-        """Approve a waiting call of a paused run (with edited ``arguments``, if given).
+    async def _cancel_paused(self, run_id: str, conversation: Conversation) -> bool:
+        reply = await self._scripts.acquire(
+            keys=[self.keys.meta(run_id)], args=[f"cancel-{new_run_id()}", "resume", time.time()]
+        )
+        if int(reply[0]) < 0:
+            return False  # it ended meanwhile
+        event_log = EventLog(
+            self.client,
+            run_id,
+            lease=text(reply[1]) or "",
+            keys=self.keys,
+            scripts=self._scripts,
+            next_index=int(reply[2]) + 1,
+        )
+        # The events a run cancelled before it began has (see Run.cancel).
+        event_log.append(RunStarted(step=1, input=conversation.copy()))
+        run = AgentRun(messages=conversation.copy(), stop=StopReason.CANCELLED)
+        event_log.append(RunCompleted(step=1, run=run))
+        await event_log.flush()
+        return not event_log.lost
 
-        Once no call of the run waits any more, its resume is queued: a worker runs the
-        approved calls and goes on, under the same run id (after a ``RunResumed``
-        event). Returns whether the resume was queued. Raises ``ApprovalError`` when the
-        call does not wait for a decision (or the edited arguments do not fit, where
-        the queue knows the agent), :class:`RunNotFound` for an unknown run.
+    async def decide(self, run_id: str, decisions: Callable[[Conversation], None]) -> int:
+        """Decide waiting calls of a paused run and queue its resume; returns the index
+        the resumed segment's first event gets.
+
+        ``decisions`` applies the decisions to (a copy of) the paused conversation with
+        its own methods, e.g. ``lambda c: (c.approve("call_1"), c.reject("call_2",
+        "no"))``; it is all or nothing: if it raises (``ApprovalError``: a call that does
+        not wait, arguments that are not JSON), nothing changes. A worker then runs the
+        run on the decided conversation under the same id, as a new segment of its log
+        (its own ``RunStarted``): approved calls run, rejected ones are answered, calls
+        left undecided pause it again. Where the queue knows the agent (``agents``), the
+        approved arguments are checked against the tool's schema first. Raises
+        :class:`RunNotFound`, or ``ApprovalError`` when the run is not paused.
         """
-        return await self._decide(run_id, lambda c: c.approve(call_id, arguments=arguments))
-
-    async def reject(
-        self, run_id: str, call_id: str, reason: str = "The user declined this call."
-    ) -> bool:
-        """Reject a waiting call of a paused run; the model reads ``reason``. As
-        :meth:`approve`, the resume is queued once nothing waits."""
-        return await self._decide(run_id, lambda c: c.reject(call_id, reason))
-
-    async def _decide(self, run_id: str, decide: Any) -> bool:
         await self._connect()
         meta_key = self.keys.meta(run_id)
         while True:
-            agent, status, raw = await self.client.hmget(meta_key, ["agent", "status", "snapshot"])
+            agent, status, resuming, raw = await self.client.hmget(
+                meta_key, ["agent", "status", "resuming", "snapshot"]
+            )
             if status is None:
                 raise RunNotFound(run_id)
-            if text(status) != RunStatus.PAUSED.value or raw is None:
+            if text(status) != RunStatus.PAUSED.value or text(resuming) == "1" or raw is None:
+                now = "resuming" if text(resuming) == "1" else text(status)
                 raise ApprovalError(
-                    f"run {run_id} is {text(status)}, not paused: it has no call waiting "
-                    "for a decision"
+                    f"run {run_id} is {now}, not paused: it has no call waiting for a decision"
                 )
             read = text(raw) or ""
             conversation = Conversation.from_json(read).copy()
-            decide(conversation)  # ApprovalError: not pending, arguments not JSON, ...
+            decisions(conversation)
             if self.agents is not None:
                 found = self.agents.get(text(agent) or "")
                 if found is not None:
                     found.run(conversation.copy())  # checks approved arguments; not started
-            resume = not conversation.pending
-            done = await self._scripts.decide(
+            reply = await self._scripts.decide(
                 keys=[meta_key, self.keys.jobs, self.keys.events(run_id)],
-                args=[
-                    read,
-                    conversation.to_json(),
-                    "resume" if resume else "",
-                    run_id,
-                    time.time(),
-                ],
+                args=[read, conversation.to_json(), run_id, time.time()],
             )
-            if int(done) == 1:
-                return resume
-            if int(done) == -1:
-                raise ApprovalError(f"run {run_id} is not paused any more (it was resumed)")
-            # The conversation changed under us (another decision): read it again.
+            code = int(reply[0])
+            if code == 1:
+                return int(reply[1]) + 1
+            if code == -1:
+                raise ApprovalError(f"run {run_id} is not paused any more")
+            # The conversation changed under us (a decision, a cancel): read it again.
+
+    async def approve(
+        self, run_id: str, call_id: str, *, arguments: Mapping[str, Any] | str | None = None
+    ) -> int:
+        """Approve one waiting call (with edited ``arguments``, if given) and resume the
+        run: :meth:`decide` with one decision (decide several calls at once with it)."""
+        return await self.decide(run_id, lambda c: c.approve(call_id, arguments=arguments))
+
+    async def reject(
+        self, run_id: str, call_id: str, reason: str = "The user declined this call."
+    ) -> int:
+        """Reject one waiting call (the model reads ``reason``) and resume the run."""
+        return await self.decide(run_id, lambda c: c.reject(call_id, reason))
 
 
 async def ensure_group(client: Redis, keys: Keys) -> None:

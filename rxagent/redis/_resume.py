@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
-from typing import Literal
 
 from rxagent.agent import Agent
 from rxagent.events import (
@@ -23,8 +22,6 @@ from rxagent.policies import LoopState, Policy, StepOutcome, StopReason
 from rxagent.state import RunState
 
 __all__ = ["continued", "recovery_conversation", "resumed_agent"]
-
-Reason = Literal["recovered", "decided"]
 
 
 def recovery_conversation(state: RunState) -> Conversation:

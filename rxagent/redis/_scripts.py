@@ -71,25 +71,22 @@ local cancel = redis.call('HGET', KEYS[1], 'cancel') or '0'
 return {attempts, lease, last, cancel, status}
 """
 
-# Records a decision on a paused run: replaces its conversation if it is unchanged
-# since it was read (so two decisions at once cannot lose one), and enqueues the
-# resume when nothing waits any more.
+# Records the decisions on a paused run and enqueues its resume: replaces its
+# conversation if it is unchanged since it was read (so two deciders at once cannot
+# lose a decision).
 #   KEYS: meta, jobs, events
-#   ARGV: the conversation read, the new one, 'resume' or '', run id, now
-# Returns 1, or 0 when the conversation changed meanwhile, or -1 when the run is not
-# paused any more.
+#   ARGV: the conversation read, the decided one, run id, now
+# Returns {1, last index}, or {0} when the conversation changed meanwhile, or {-1} when
+# the run is not paused (any more), or its resume is queued already.
 DECIDE = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'paused' then return -1 end
-if redis.call('HGET', KEYS[1], 'resuming') == '1' then return -1 end
-if redis.call('HGET', KEYS[1], 'snapshot') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'snapshot', ARGV[2], 'updated', ARGV[5])
-if ARGV[3] == 'resume' then
-  redis.call('HSET', KEYS[1], 'resuming', '1')
-  redis.call('PERSIST', KEYS[1])
-  redis.call('PERSIST', KEYS[3])
-  redis.call('XADD', KEYS[2], '*', 'run', ARGV[4], 'kind', 'resume')
-end
-return 1
+if redis.call('HGET', KEYS[1], 'status') ~= 'paused' then return {-1} end
+if redis.call('HGET', KEYS[1], 'resuming') == '1' then return {-1} end
+if redis.call('HGET', KEYS[1], 'snapshot') ~= ARGV[1] then return {0} end
+redis.call('HSET', KEYS[1], 'snapshot', ARGV[2], 'updated', ARGV[4], 'resuming', '1')
+redis.call('PERSIST', KEYS[1])
+redis.call('PERSIST', KEYS[3])
+redis.call('XADD', KEYS[2], '*', 'run', ARGV[3], 'kind', 'resume')
+return {1, tonumber(redis.call('HGET', KEYS[1], 'last') or '-1')}
 """
 
 

@@ -33,7 +33,7 @@ from rxagent.redis._keys import DEFAULT_PREFIX, Keys, keys_of
 from rxagent.redis._log import EventLog, LogSettings
 from rxagent.redis._observe import follow
 from rxagent.redis._queue import ensure_group
-from rxagent.redis._resume import Reason, continued, recovery_conversation, resumed_agent
+from rxagent.redis._resume import continued, recovery_conversation, resumed_agent
 from rxagent.redis._scripts import Scripts
 from rxagent.state import RunState, RunStatus
 
@@ -467,7 +467,7 @@ class Worker:
         last, cancel = int(reply[2]), text(reply[3]) == "1"
         status = RunStatus(text(reply[4]) or RunStatus.QUEUED)
         info = RunInfo.of(run_id, await self.client.hgetall(self.keys.meta(run_id)))
-        prior, segment_start = await self._read_log(run_id, last)
+        whole, segment, segment_start = await self._read_log(run_id, last)
         event_log = EventLog(
             self.client,
             run_id,
@@ -475,17 +475,23 @@ class Worker:
             keys=self.keys,
             scripts=self._scripts,
             settings=self.settings,
-            state=prior,
+            state=whole,
             on_lost=lambda holder: self._lost(job),
             on_unreachable=lambda error: self._unreachable(job, error),
         )
         job.log = event_log
-        # What to run: the run from its input, or the rest of it.
-        reason: Reason | None = None
-        if last >= 0 and kind == "resume" and status is RunStatus.PAUSED:
-            reason = "decided"
-        elif last >= 0:
-            reason = "recovered"
+        # What to run. A new run: on its input. A paused run whose calls were decided: on
+        # the conversation with the decisions, as a new segment of the same log (its own
+        # RunStarted; steps count from 1, as for `agent.run(messages)` in one process).
+        # A run whose worker was lost: the rest of it, on the conversation as of the
+        # segment's last completed step (with the interrupted step's started calls),
+        # after a RunResumed, its steps and its policy's budget going on.
+        conversation = info.conversation or Conversation()
+        resumed: RunResumed | None = None
+        if last >= 0 and not (kind == "resume" and status is RunStatus.PAUSED):
+            conversation = recovery_conversation(segment)
+            resumed = RunResumed(step=segment.steps + 1, input=conversation, worker=self.name)
+            segment = segment.apply(resumed)
         agent = self.agents.get(info.agent)
         failure: str | None = None
         if agent is None:
@@ -498,38 +504,23 @@ class Worker:
                 f"AgentError: the run was taken up {attempts - 1} times and its worker was "
                 f"lost each time (max_attempts={self.max_attempts})"
             )
-        # The input, or (paused) the conversation with its decisions, or (recovered) the
-        # conversation as of the last completed step with the interrupted step's calls.
-        conversation = info.conversation or Conversation()
-        if reason == "recovered":
-            conversation = recovery_conversation(prior)
-        resumed: RunResumed | None = None
-        if reason is not None:
-            resumed = RunResumed(
-                step=prior.steps + 1, input=conversation, reason=reason, worker=self.name
-            )
-            prior = prior.apply(resumed)
-        if failure is None and agent is not None:
-            if reason is not None:
-                elapsed = 0.0 if reason == "decided" else max(0.0, time.time() - segment_start)
-                agent = resumed_agent(agent, prior.loop_state(elapsed))
+        else:
+            if resumed is not None:
+                elapsed = max(0.0, time.time() - segment_start)
+                agent = resumed_agent(agent, segment.loop_state(elapsed))
             try:
                 run = agent.run(conversation)
             except Exception as error:  # a conversation that cannot be resumed
                 failure = f"{type(error).__name__}: {getattr(error, 'message', None) or error}"
         if failure is not None:
-            await self._fail(job, event_log, conversation, failure, resumed)
+            await self._fail(
+                job, event_log, resumed or RunStarted(step=1, input=conversation), failure
+            )
             return True
         job.run = run
-        if reason is not None:
-            log.info(
-                "worker %s resumes run %s (%s) at step %d",
-                self.name,
-                run_id,
-                reason,
-                prior.steps + 1,
-            )
-        shift = continued(prior, resumed) if resumed is not None else None
+        if resumed is not None:
+            log.info("worker %s resumes run %s at step %d", self.name, run_id, resumed.step)
+        shift = continued(segment, resumed) if resumed is not None else None
         loop = asyncio.get_running_loop()
         job.done = loop.create_future()
 
@@ -568,41 +559,33 @@ class Worker:
         await event_log.flush()
         return not event_log.lost
 
-    async def _read_log(self, run_id: str, last: int) -> tuple[RunState, float]:
-        """The fold of the run's log so far, and when its current segment began (its
-        ``RunStarted``, or the last resume after a pause)."""
-        state = RunState()
+    async def _read_log(self, run_id: str, last: int) -> tuple[RunState, RunState, float]:
+        """The fold of the run's log so far, the fold of its current segment (from its
+        last ``RunStarted``), and when that segment began."""
+        whole = segment = RunState()
         start = time.time()
         if last < 0:
-            return state, start
+            return whole, segment, start
         async for _, event in follow(self.client, run_id, prefix=self.keys, live=False):
-            state = state.apply(event)
-            if isinstance(event, RunStarted) or (
-                isinstance(event, RunResumed) and event.reason == "decided"
-            ):
-                start = event.at
-        return state, start
+            whole = whole.apply(event)
+            if isinstance(event, RunStarted):
+                segment, start = RunState(), event.at
+            segment = segment.apply(event)
+        return whole, segment, start
 
     async def _fail(
-        self,
-        job: _Job,
-        event_log: EventLog,
-        conversation: Conversation,
-        failure: str,
-        resumed: RunResumed | None,
+        self, job: _Job, event_log: EventLog, opening: AgentEvent, failure: str
     ) -> None:
+        """End the run failed before it ran: ``opening`` (its ``RunStarted``, or the
+        ``RunResumed`` of its recovery), then ``RunFailed``."""
         error_type, _, message = failure.partition(": ")
-        if event_log.state.events == 0:
-            event_log.append(RunStarted(step=1, input=conversation))
-        elif resumed is not None:
-            event_log.append(resumed)
-        partial = event_log.state.to_run(StopReason.ERROR)
+        event_log.append(opening)
         event_log.append(
             RunFailed(
-                step=max(1, event_log.state.step),
+                step=opening.step,
                 error_type=error_type,
                 message=message,
-                partial=partial,
+                partial=event_log.state.to_run(StopReason.ERROR),
             )
         )
         log.error("run %s failed: %s", job.run_id, failure)
