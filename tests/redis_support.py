@@ -142,3 +142,37 @@ def assert_coherent(log: list[tuple[int, AgentEvent]], *, ends: int = 1) -> ra.A
     assert list(state.messages) == list(state.result.messages)
     assert ra.validate_conversation(state.result.messages) == []
     return state.result
+
+
+class WebServers:
+    """Web processes (``python -m tests.redis_web_app``), each on a RedisHub."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.processes: list[subprocess.Popen[str]] = []
+        self.urls: list[str] = []
+
+    def start(self, timeout: float = 20.0) -> str:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.redis_web_app", self.url],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self.processes.append(process)
+        assert process.stdout is not None
+        line = process.stdout.readline().strip()  # the server says where it listens
+        if not line.startswith("http://"):
+            raise RuntimeError(f"the web process did not start (it said {line!r})")
+        self.urls.append(line)
+        return line
+
+    def close(self) -> None:
+        for process in self.processes:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            if process.stdout is not None:
+                process.stdout.close()

@@ -209,7 +209,7 @@ async def test_cancel_and_approve_from_another_process(
         assert [e.type for _, e in log[-2:]] == ["run_started", "run_completed"]
         assert log[-1][1].run.stop == "cancelled" and log[-1][1].run.messages == paused.messages
         assert (await queue.info(run_id)).status is RunStatus.CANCELLED
-        with pytest.raises(ApprovalError, match="not paused"):
+        with pytest.raises(ApprovalError, match="only a paused run takes decisions"):
             await queue.approve(run_id, "call-transfer")
 
 

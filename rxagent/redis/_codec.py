@@ -22,7 +22,7 @@ from rxagent.messages import Conversation
 from rxagent.redis import _errors
 from rxagent.state import RunStatus
 
-__all__ = ["RunInfo", "entry_id", "error_of", "read_entries", "text"]
+__all__ = ["Entry", "RunInfo", "entry_id", "error_of", "read_entries", "text"]
 
 log = logging.getLogger("rxagent.redis")
 
@@ -58,26 +58,35 @@ def stream_entries(reply: Any) -> list[tuple[Any, Mapping[Any, Any]]]:
     return [tuple(e) for _, entries in reply for e in entries]
 
 
-def read_entries(
-    entries: Iterable[tuple[Any, Mapping[Any, Any]]], run_id: str
-) -> list[tuple[int, AgentEvent | None]]:
-    """``(index, event)`` for each entry; ``event`` is ``None`` for a malformed entry
-    (logged as a warning: a reader skips it and goes on)."""
-    out: list[tuple[int, AgentEvent | None]] = []
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A stream entry of a run's log: its index, its event (``None`` when malformed)
+    and the event's JSON as stored."""
+
+    index: int
+    event: AgentEvent | None
+    json: str
+
+
+def read_entries(entries: Iterable[Any], run_id: str) -> list[Entry]:
+    """The entries of a reply (``(id, fields)`` pairs) as :class:`Entry`; a malformed
+    one has no event (logged as a warning: a reader skips it and goes on); an entry
+    whose id is not an event index is left out (with a warning)."""
+    out: list[Entry] = []
     for entry, fields in entries:
         index = index_of(entry)
-        raw = fields.get(b"e", fields.get("e"))
         if index is None:
             log.warning(
                 "run %s: skipped stream entry %s: not an rxagent event id", run_id, text(entry)
             )
             continue
+        raw = text((fields or {}).get(b"e", (fields or {}).get("e")))
         if raw is None:
             log.warning("run %s: skipped event %d: the entry has no 'e' field", run_id, index)
-            out.append((index, None))
+            out.append(Entry(index, None, ""))
             continue
         try:
-            out.append((index, loads(raw)))
+            out.append(Entry(index, loads(raw), raw))
         except (ValidationError, ValueError) as error:
             log.warning(
                 "run %s: skipped event %d: not a valid event (%s)",
@@ -85,7 +94,7 @@ def read_entries(
                 index,
                 str(error).splitlines()[0],
             )
-            out.append((index, None))
+            out.append(Entry(index, None, raw))
     return out
 
 

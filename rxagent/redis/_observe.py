@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 
 from rxagent.aio import from_async_iterable
 from rxagent.events import AgentEvent, RunCompleted, RunFailed
-from rxagent.redis._codec import entry_id, error_of, read_entries, stream_entries
+from rxagent.redis._codec import entry_id, error_of, read_entries, stream_entries, text
 from rxagent.redis._errors import (
     CONNECTION_ERRORS,
     Backoff,
@@ -21,6 +21,7 @@ from rxagent.redis._errors import (
     where,
 )
 from rxagent.redis._keys import DEFAULT_PREFIX, Keys, keys_of
+from rxagent.state import RunStatus
 
 __all__ = ["follow", "observe"]
 
@@ -80,26 +81,36 @@ async def follow(
             if not live:
                 return
             continue
-        if entries[0][0] > next_index:
+        if entries[0].index > next_index:
             raise EventsTrimmed(
-                f"events {next_index} to {entries[0][0] - 1} of run {run_id} were trimmed "
+                f"events {next_index} to {entries[0].index - 1} of run {run_id} were trimmed "
                 "from its stream (max_events); read from a later index"
             )
         ended = False
-        for index, event in entries:
+        for entry in entries:
+            index, event = entry.index, entry.event
             next_index = index + 1
             if event is None:
                 continue
             yield index, event
             ended = isinstance(event, _ENDS)
-        if ended and live:
-            # The run ended, unless a resume (after a pause) already follows.
-            try:
-                more = await client.xread({stream: entry_id(next_index - 1)}, count=1)
-            except CONNECTION_ERRORS:
-                more = None
-            if not stream_entries(more):
-                return
+        if ended and live and not await _goes_on(client, stream, meta, next_index):
+            return
+
+
+async def _goes_on(client: Redis, stream: str, meta: str, next_index: int) -> bool:
+    """Whether a log whose last event read ended the run goes on: events follow already,
+    or the run's resume (after a pause) is queued."""
+    try:
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.xread({stream: entry_id(next_index - 1)}, count=1)
+            pipe.hmget(meta, ["status", "resuming"])
+            more, (status, resuming) = await pipe.execute()
+    except CONNECTION_ERRORS:
+        return True  # the next read reconnects and finds out
+    if stream_entries(more) or text(resuming) == "1":
+        return True
+    return not RunStatus(text(status) or RunStatus.QUEUED).is_final
 
 
 def observe(
@@ -128,10 +139,13 @@ def observe(
     touching it. The run itself is hot: it runs on its worker whether or not anyone
     observes it, and disposing a subscription only stops that reader (use
     :meth:`RunQueue.cancel` to stop a run). A paused run's observation completes at its
-    ``RunCompleted(stop="paused")``; when the run is resumed, its events go on under
-    the same id after a ``RunResumed``: observe it again with ``after`` the index of
-    the pause's ``RunCompleted`` (an observation that starts after the resume follows
-    it through). A lost connection is retried from the last event seen, so nothing is
+    ``RunCompleted(stop="paused")``; once its calls are decided, the run goes on under
+    the same id as a new segment of its log (its own ``RunStarted``): observe it again
+    with ``after`` the index of the pause's ``RunCompleted`` (``RunQueue.decide`` returns
+    the index after it); an observation that starts after the decision follows the
+    new segment through. A run whose worker was lost goes on after a ``RunResumed``
+    event in the same observation (drop the interrupted step's partial text there).
+    A lost connection is retried from the last event seen, so nothing is
     lost or repeated; past ``reconnect_window`` seconds it errors with
     :class:`~rxagent.redis.RedisUnavailable`. Unknown run: :class:`~rxagent.redis.RunNotFound`.
 

@@ -207,10 +207,8 @@ class RunQueue:
             if status is None:
                 raise RunNotFound(run_id)
             if text(status) != RunStatus.PAUSED.value or text(resuming) == "1" or raw is None:
-                now = "resuming" if text(resuming) == "1" else text(status)
-                raise ApprovalError(
-                    f"run {run_id} is {now}, not paused: it has no call waiting for a decision"
-                )
+                now = "running (its resume is queued)" if text(resuming) == "1" else text(status)
+                raise ApprovalError(f"run {run_id} is {now}; only a paused run takes decisions")
             read = text(raw) or ""
             conversation = Conversation.from_json(read).copy()
             decisions(conversation)
@@ -226,7 +224,9 @@ class RunQueue:
             if code == 1:
                 return int(reply[1]) + 1
             if code == -1:
-                raise ApprovalError(f"run {run_id} is not paused any more")
+                raise ApprovalError(
+                    f"run {run_id} is not paused any more; only a paused run takes decisions"
+                )
             # The conversation changed under us (a decision, a cancel): read it again.
 
     async def approve(
