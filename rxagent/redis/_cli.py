@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="on SIGTERM, wait at most this long for running runs (default: no limit)",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N worker processes (a pool; signals go to all of them)",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     return parser
 
@@ -97,10 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.processes < 1 or args.concurrency < 1:
+        parser.error("--processes and --concurrency must be at least 1")
     try:
         agents = load_agents(args.agents)
     except ValueError as error:
         parser.error(str(error))
+    if args.processes > 1:
+        return _pool(args, list(sys.argv[1:] if argv is None else argv))
     try:
         return asyncio.run(_serve(args, agents))
     except KeyboardInterrupt:
@@ -143,3 +154,34 @@ async def _serve(args: argparse.Namespace, agents: dict[str, Agent]) -> int:
     finally:
         await client.aclose()
     return 0
+
+
+def _pool(args: argparse.Namespace, argv: list[str]) -> int:
+    """Run ``args.processes`` workers as child processes; pass SIGTERM/SIGINT on to them."""
+    import subprocess
+
+    rest: list[str] = []
+    skip = False
+    for item in argv:  # the same arguments, without --processes and --name
+        if skip:
+            skip = False
+        elif item in ("--processes", "--name"):
+            skip = True
+        elif not item.startswith(("--processes=", "--name=")):
+            rest.append(item)
+    children = []
+    for i in range(args.processes):
+        name = ["--name", f"{args.name}-{i + 1}"] if args.name else []
+        # A session of their own: a terminal's Ctrl-C reaches them once, through us.
+        command = [sys.executable, "-m", "rxagent", "worker", *rest, *name]
+        children.append(subprocess.Popen(command, start_new_session=True))
+
+    def forward(sig: int, _: Any) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(sig)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    return next((code for code in codes if code), 0)

@@ -126,6 +126,7 @@ class EventLog:
         self._on_unreachable = on_unreachable
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
+        self._last_write = float("-inf")
         self._pump: asyncio.Task[None] | None = None
         #: Set when the run was taken over by another worker (or its data is gone).
         self.lost = False
@@ -184,13 +185,16 @@ class EventLog:
     def _kick(self, *, now: bool) -> None:
         if self._pump is not None:
             return  # the pump takes everything buffered before it stops
-        if now or self.settings.flush_interval == 0:
+        # At most one write per flush_interval: an event after a quiet spell goes at
+        # once (the leading edge), the ones that follow it gather for the next write.
+        wait = 0.0 if now else self._last_write + self.settings.flush_interval - self._loop.time()
+        if wait <= 0:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
             self._pump = self._loop.create_task(self._write_all())
         elif self._timer is None:
-            self._timer = self._loop.call_later(self.settings.flush_interval, self._kick_now)
+            self._timer = self._loop.call_later(wait, self._kick_now)
 
     def _kick_now(self) -> None:
         self._timer = None
@@ -199,6 +203,7 @@ class EventLog:
     async def _write_all(self) -> None:
         try:
             while self._buffer or self._meta:
+                self._last_write = self._loop.time()
                 batch, self._buffer = self._buffer, []
                 meta, self._meta = self._meta, {}
                 ttl, self._ttl = self._ttl, 0
