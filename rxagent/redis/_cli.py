@@ -18,10 +18,14 @@ __all__ = ["load_agents", "main"]
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 
+#: Signals received before the worker's event loop took them over.
+_early: list[int] = []
 
-def load_agents(spec: str) -> dict[str, Agent]:
+
+def load_agents(spec: str, *, make: bool = True) -> dict[str, Agent]:
     """The agents named by ``module:attribute``: a mapping of names to agents, or a
-    function returning one. Raises ``ValueError`` with what is wrong."""
+    function returning one (called unless ``make`` is false: then only the import is
+    checked, and the result is empty). Raises ``ValueError`` with what is wrong."""
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise ValueError(f"expected module:attribute (e.g. myapp.agents:agents), got {spec!r}")
@@ -36,6 +40,8 @@ def load_agents(spec: str) -> dict[str, Agent]:
     except AttributeError:
         raise ValueError(f"module {module_name!r} has no attribute {attribute!r}") from None
     if callable(found) and not isinstance(found, Mapping):
+        if not make:
+            return {}
         found = found()
     if not isinstance(found, Mapping) or not found:
         raise ValueError(f"{spec} must be a non-empty mapping of names to agents")
@@ -106,8 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.processes < 1 or args.concurrency < 1:
         parser.error("--processes and --concurrency must be at least 1")
+    # A signal while the agents load (imports can take seconds) is kept for later: the
+    # worker then starts and stops at once, with nothing to drain.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda number, _: _early.append(number))
     try:
-        agents = load_agents(args.agents)
+        # A pool's parent only checks the spec: each worker process makes its agents.
+        agents = load_agents(args.agents, make=args.processes == 1)
     except ValueError as error:
         parser.error(str(error))
     if args.processes > 1:
@@ -146,6 +157,8 @@ async def _serve(args: argparse.Namespace, agents: dict[str, Agent]) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    for _ in _early:
+        on_signal()
     try:
         await worker.run()
     except RedisUnavailable as error:
@@ -176,12 +189,18 @@ def _pool(args: argparse.Namespace, argv: list[str]) -> int:
         command = [sys.executable, "-m", "rxagent", "worker", *rest, *name]
         children.append(subprocess.Popen(command, start_new_session=True))
 
-    def forward(sig: int, _: Any) -> None:
+    forwarded: set[int] = set()
+
+    def forward(sig: int, _: Any = None) -> None:
+        forwarded.add(sig)
         for child in children:
             if child.poll() is None:
                 child.send_signal(sig)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    for sig in _early:
+        forward(sig)
     codes = [child.wait() for child in children]
-    return next((code for code in codes if code), 0)
+    # A child that a forwarded signal ended before it could handle it had nothing to do.
+    return next((code for code in codes if code and -code not in forwarded), 0)

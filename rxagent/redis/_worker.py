@@ -124,6 +124,7 @@ class Worker:
         self._jobs: dict[str, _Job] = {}
         self._stopping: asyncio.Event | None = None
         self._abort: asyncio.Event | None = None
+        self._stop_asked = (False, False)  # (stop, now) asked for before run()
         self._slot_free: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         #: Runs this worker has finished (ended, or handed back) since it started.
@@ -161,6 +162,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self._abort = asyncio.Event()
         self._slot_free = asyncio.Event()
+        if self._stop_asked[0]:
+            self.stop(now=self._stop_asked[1])
         await self.start()
         loops = [
             asyncio.create_task(self._read_loop(), name=f"{self.name}-read"),
@@ -183,8 +186,10 @@ class Worker:
     def stop(self, *, now: bool = False) -> None:
         """Begin draining; ``now``: stop at once, handing the running runs to the other
         workers. Call it on the worker's event loop (e.g. from a signal handler)."""
-        if self._stopping is not None:
-            self._stopping.set()
+        if self._stopping is None:
+            self._stop_asked = (True, now or self._stop_asked[1])
+            return
+        self._stopping.set()
         if now and self._abort is not None:
             self._abort.set()
 
