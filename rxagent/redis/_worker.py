@@ -124,6 +124,8 @@ class Worker:
         self._jobs: dict[str, _Job] = {}
         self._stopping: asyncio.Event | None = None
         self._abort: asyncio.Event | None = None
+        #: Set once the runs are drained: the heartbeat and control loops end.
+        self._closing: asyncio.Event | None = None
         self._stop_asked = (False, False)  # (stop, now) asked for before run()
         self._slot_free: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -161,6 +163,7 @@ class Worker:
         """Serve until :meth:`stop` is called, then drain and return."""
         self._stopping = asyncio.Event()
         self._abort = asyncio.Event()
+        self._closing = asyncio.Event()
         self._slot_free = asyncio.Event()
         if self._stop_asked[0]:
             self.stop(now=self._stop_asked[1])
@@ -179,9 +182,15 @@ class Worker:
         finally:
             self._stopping.set()
             await self._drain()
-            for task in loops:
+            # The loops end on their own (a cancel can be lost inside a client call).
+            self._closing.set()
+            _, left = await asyncio.wait(loops, timeout=3 * self.heartbeat + 2)
+            for task in left:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await self.client.hdel(self.keys.workers, self.name)
+            log.info("worker %s stopped", self.name)
 
     def stop(self, *, now: bool = False) -> None:
         """Begin draining; ``now``: stop at once, handing the running runs to the other
@@ -208,9 +217,6 @@ class Worker:
                 await self._release(list(self._jobs.values()))
                 finished.cancel()
                 await asyncio.gather(finished, return_exceptions=True)
-        with contextlib.suppress(*CONNECTION_ERRORS):
-            await self.client.hdel(self.keys.workers, self.name)
-        log.info("worker %s stopped", self.name)
 
     async def _release(self, jobs: list[_Job]) -> None:
         """Hand ``jobs`` to the other workers now (as if this worker had died long ago)."""
@@ -307,16 +313,17 @@ class Worker:
                 log.warning("worker %s recovers job %s of a lost worker", self.name, job_id)
                 self._take(job_id, fields, recovered=True)
 
-    async def _stopped_within(self, seconds: float) -> bool:
-        assert self._stopping is not None
+    async def _stopped_within(self, seconds: float, event: asyncio.Event | None = None) -> bool:
+        """Wait ``seconds``, or less if ``event`` (default: the stop) is set; is it set?"""
+        event = event or self._stopping
+        assert event is not None
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-        return self._stopping.is_set()
+            await asyncio.wait_for(event.wait(), seconds)
+        return event.is_set()
 
     async def _heartbeat_loop(self) -> None:
         backoff = Backoff(float("inf"), cap=2.0)
-        while True:
-            await asyncio.sleep(self.heartbeat)
+        while not await self._stopped_within(self.heartbeat, self._closing):
             jobs = [job for job in self._jobs.values() if job.log is not None]
             try:
                 async with self.client.pipeline(transaction=False) as pipe:
@@ -347,8 +354,9 @@ class Worker:
             backoff.reset()
 
     async def _control_loop(self) -> None:
+        assert self._closing is not None
         backoff = Backoff(float("inf"), cap=2.0)
-        while True:
+        while not self._closing.is_set():
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.keys.control)
@@ -356,8 +364,8 @@ class Worker:
                 # each run's metadata.
                 await self._check_cancel_flags()
                 backoff.reset()
-                while True:
-                    message = await pubsub.get_message(timeout=1.0)
+                while not self._closing.is_set():
+                    message = await pubsub.get_message(timeout=0.5)
                     if message is not None:
                         self._control(message.get("data"))
             except CONNECTION_ERRORS as error:
