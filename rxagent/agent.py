@@ -28,6 +28,7 @@ from rxagent.aio import (
 from rxagent.errors import AgentError, ApprovalError, ToolArgumentsError
 from rxagent.events import AgentEvent, AgentRun, RunCompleted, RunStarted
 from rxagent.messages import Conversation, ConversationInput, ToolCallStatus
+from rxagent.ops._collect import missing_end
 from rxagent.ops._fan_out import ToolContext
 from rxagent.ops._step import BeforeHook, StepConfig
 from rxagent.ops._until import run_steps
@@ -35,7 +36,8 @@ from rxagent.output import OutputSpec
 from rxagent.policies import Policy, StopReason, max_steps, until_no_tool_calls
 from rxagent.providers.base import Provider
 from rxagent.state import RunState
-from rxagent.tools import JoinPolicy, ToolRegistry, ToolsInput
+from rxagent.subagents import agent_tool
+from rxagent.tools import JoinPolicy, Tool, ToolRegistry, ToolsInput
 
 __all__ = ["DEFAULT_POLICY", "AfterHook", "Agent", "Run", "collect_final"]
 
@@ -158,6 +160,18 @@ class Agent:
     def before(self) -> BeforeHook | None:
         return self.config.before
 
+    def as_tool(self, name: str | None = None, description: str | None = None) -> Tool[..., Any]:
+        """This agent as a tool another agent calls with ``input`` (a task, a question).
+
+        The sub-run's events reach the caller's stream as they happen, each as a
+        ``ToolProgress`` whose ``event`` is the nested event (``depth`` says how deep);
+        its final text, or structured output, is the tool's output; its tokens count
+        in the caller's usage and budgets; cancelling either run cancels the other. A
+        sub-agent that pauses for approval is refused with a clear error (see
+        :func:`rxagent.subagents.agent_tool`). ``name`` defaults to the agent's name.
+        """
+        return agent_tool(self, name=name, description=description)
+
     def __repr__(self) -> str:
         label = f" {self.name!r}" if self.name else ""
         return f"<Agent{label} on {self.provider!r} with {len(self.tools)} tool(s)>"
@@ -189,7 +203,12 @@ class Agent:
         """One run's events on ``conversation`` (cold, not multicast)."""
         config = self.config if cancel is None else dataclasses.replace(self.config, cancel=cancel)
         events = run_steps(
-            config, self.policy, conversation, scheduler=self.scheduler, interrupt=interrupt
+            config,
+            self.policy,
+            conversation,
+            scheduler=self.scheduler,
+            interrupt=interrupt,
+            agent=self.name,
         )
         return events if self.after is None else events.pipe(_after(self.after))
 
@@ -242,12 +261,26 @@ class Agent:
         return self.run(input).result(timeout=timeout)
 
 
-class _Subscriber:
-    __slots__ = ("active", "observer")
+class _Subscriber(abc.DisposableBase):
+    """One observer of a run; disposing it detaches it, on the run's loop."""
 
-    def __init__(self, observer: abc.ObserverBase[AgentEvent]) -> None:
+    __slots__ = ("active", "observer", "run")
+
+    def __init__(self, observer: abc.ObserverBase[AgentEvent], run: Run) -> None:
         self.observer = observer
         self.active = True
+        self.run = run
+
+    def attach(self) -> None:
+        self.run._attach(self)
+
+    def dispose(self) -> None:
+        loop = self.run._loop
+        if loop is not None and self.active:
+            call_on(loop, self.detach)
+
+    def detach(self) -> None:
+        self.run._detach(self)
 
 
 class _Latch(DirectObservable[None]):
@@ -384,15 +417,15 @@ class Run(DirectObservable[AgentEvent]):
     def _subscribe_core(
         self, observer: abc.ObserverBase[AgentEvent], scheduler: abc.SchedulerBase | None = None
     ) -> abc.DisposableBase:
-        subscriber = _Subscriber(observer)
+        subscriber = _Subscriber(observer, self)
         if self._state == "done":
             # A finished run never changes: replay it here, whatever became of its loop.
             self._attach(subscriber)
             return Disposable()
         loop = self._bind()
         _check_alive(loop)
-        call_on(loop, lambda: self._attach(subscriber))
-        return Disposable(lambda: call_on(loop, lambda: self._detach(subscriber)))
+        call_on(loop, subscriber.attach)
+        return subscriber
 
     def _bind(self) -> asyncio.AbstractEventLoop:
         with self._bind_lock:
@@ -538,7 +571,10 @@ class Run(DirectObservable[AgentEvent]):
         return last
 
     def result(self, timeout: float | None = None) -> AgentRun:
-        """Block until the run ends and return it; not from the run's own event loop."""
+        """Block until the run ends and return it; not from the run's own event loop.
+
+        As with :func:`collect_final`, its ``messages`` are your own copy.
+        """
         if self._state == "done":
             return _final_of(self._events, self._error)
         loop = self._bind()
@@ -568,8 +604,8 @@ def _final_of(events: list[AgentEvent], error: Exception | None) -> AgentRun:
         raise error
     for event in reversed(events):
         if type(event) is RunCompleted:
-            return event.run
-    raise AgentError("the stream ended without a RunCompleted event")
+            return event.run.editable()
+    raise missing_end()
 
 
 async def collect_final(source: Observable[AgentEvent]) -> AgentRun:
@@ -577,6 +613,10 @@ async def collect_final(source: Observable[AgentEvent]) -> AgentRun:
 
     A failed run raises its ``AgentError`` (with ``partial`` set). Cancelling
     the awaiting task disposes the subscription.
+
+    The result's ``messages`` are a writable copy of the run's conversation, yours
+    to approve, reject or extend and run again; the run's own record (its
+    ``RunCompleted`` event, what a late subscriber replays) never changes.
     """
     loop = asyncio.get_running_loop()
     future: asyncio.Future[AgentRun] = loop.create_future()
@@ -592,9 +632,9 @@ async def collect_final(source: Observable[AgentEvent]) -> AgentRun:
         if error is not None:
             future.set_exception(error)
         elif final:
-            future.set_result(final[-1])
+            future.set_result(final[-1].editable())
         else:
-            future.set_exception(AgentError("the stream ended without a RunCompleted event"))
+            future.set_exception(missing_end())
 
     subscription = source.subscribe(
         on_next,

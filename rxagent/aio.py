@@ -97,20 +97,6 @@ def call_on(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
         loop.call_soon_threadsafe(fn)
 
 
-def on_loop(loop: asyncio.AbstractEventLoop | None, fn: Callable[..., None]) -> Callable[..., None]:
-    """``fn``, made to run on ``loop`` whatever thread calls it (``loop=None``: as is)."""
-    if loop is None:
-        return fn
-
-    def pinned(*args: Any) -> None:
-        if running_loop() is loop:
-            fn(*args)
-        else:
-            loop.call_soon_threadsafe(fn, *args)
-
-    return pinned
-
-
 def start_task(
     loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]
 ) -> Callable[[], None]:

@@ -37,9 +37,11 @@ from pydantic.fields import FieldInfo
 from pydantic_core import to_jsonable_python
 from reactivex import Observable
 
+from rxagent._text import clip, sendable_data
 from rxagent.aio import to_async_iterable
 from rxagent.approval import EXECUTE, ApprovalRequest, Decision, Strategy, as_strategy
-from rxagent.errors import ToolArgumentsError, UnknownToolError
+from rxagent.errors import ToolArgumentsError, ToolOutputError, UnknownToolError
+from rxagent.events import _Event
 
 __all__ = [
     "BoundCall",
@@ -50,8 +52,10 @@ __all__ = [
     "Toolset",
     "current_call",
     "default_executor",
+    "jsonable",
     "output_text",
     "tool",
+    "tool_output",
 ]
 
 P = ParamSpec("P")
@@ -178,20 +182,35 @@ class Tool(Generic[P, R]):
         return ToolSpec(self.name, self.description, self.parameters, self.strict)
 
     def bind(self, arguments: str | Mapping[str, Any], call_id: str = "") -> BoundCall:
-        """Parse and validate ``arguments``; raises :class:`ToolArgumentsError`."""
+        """Parse and validate ``arguments``; raises :class:`ToolArgumentsError`.
+
+        Text in the arguments is made sendable (lone surrogates, as an escaped
+        ``"\\udce9"`` gives, become U+FFFD) before the tool or an event sees it.
+        """
         data: Any
+        too_deep = ToolArgumentsError(
+            f"arguments for tool {self.name!r} are nested too deeply to read",
+            call_id=call_id,
+            tool_name=self.name,
+        )
         if isinstance(arguments, str):
             try:
                 data = json.loads(arguments) if arguments.strip() else {}
             except json.JSONDecodeError as error:
                 raise ToolArgumentsError(
                     f"arguments for tool {self.name!r} are not valid JSON "
-                    f"({error.msg} at position {error.pos}): {_clip(arguments)}",
+                    f"({error.msg} at position {error.pos}): {clip(arguments)}",
                     call_id=call_id,
                     tool_name=self.name,
                 ) from None
+            except RecursionError:
+                raise too_deep from None
         else:
             data = dict(arguments)
+        try:
+            data = sendable_data(data)
+        except RecursionError:
+            raise too_deep from None
         if not isinstance(data, dict):
             raise ToolArgumentsError(
                 f"arguments for tool {self.name!r} must be a JSON object, "
@@ -201,6 +220,8 @@ class Tool(Generic[P, R]):
             )
         try:
             validated = self.args_model.model_validate(data)
+        except RecursionError:
+            raise too_deep from None
         except ValidationError as error:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or '(arguments)'}: {e['msg']}"
@@ -255,6 +276,11 @@ class Tool(Generic[P, R]):
 async def _last_is_result(items: AsyncIterator[Any]) -> AsyncIterator[tuple[bool, Any]]:
     previous = _MISSING
     async for item in items:
+        if isinstance(item, _Event):
+            # An agent event (a sub-agent's) is always progress, never the result: it
+            # goes on at once rather than one item late.
+            yield False, item
+            continue
         if previous is not _MISSING:
             yield False, previous
         previous = item
@@ -413,14 +439,54 @@ class ToolRegistry:
 
 def output_text(output: Any) -> str:
     """A tool's output as the text of its tool message (JSON unless it is a string)."""
-    if isinstance(output, str):
-        return output
-    return json.dumps(to_jsonable_python(output, fallback=str))
+    data = jsonable(output)
+    return data if isinstance(data, str) else json.dumps(data)
 
 
 def jsonable(output: Any) -> Any:
-    """``output`` as JSON data (pydantic models, dataclasses, ... converted)."""
-    return to_jsonable_python(output, fallback=str)
+    """``output`` as JSON data: pydantic models, dataclasses, ... converted, bytes read
+    as UTF-8 text, other objects as ``str(obj)``, and text made sendable (lone
+    surrogates become U+FFFD). Raises ``ValueError`` (``UnicodeDecodeError`` for
+    bytes that are not UTF-8, a circular reference, ...) when it cannot be JSON."""
+    return sendable_data(to_jsonable_python(output, fallback=str))
+
+
+def tool_output(value: Any, tool_name: str, call_id: str = "", *, progress: bool = False) -> Any:
+    """What a tool returned (or, with ``progress``, reported as progress), as JSON data
+    (see :func:`jsonable`); raises :class:`~rxagent.errors.ToolOutputError`, naming the
+    type, when it cannot be JSON.
+
+    Bytes are read as UTF-8 text; bytes that are not (an image, a zip) are an error
+    rather than base64 sent to the model unasked: the tool decides how binary data is
+    shown to a model (encoded, summarised, stored and referred to).
+    """
+    try:
+        return jsonable(value)
+    except (ValueError, TypeError, RecursionError) as error:
+        verb = "reported progress as" if progress else "returned"
+        kind = type(value).__name__
+        if isinstance(error, UnicodeDecodeError):
+            what = (
+                "bytes"
+                if isinstance(value, bytes | bytearray | memoryview)
+                else f"{_a(kind)} holding bytes"
+            )
+            problem = (
+                f"{what} that are not UTF-8 text; return str, "
+                "or encode binary data as text yourself (base64)"
+            )
+        elif isinstance(error, RecursionError):
+            problem = f"{_a(kind)} nested too deeply to turn into JSON"
+        else:
+            problem = f"{_a(kind)} that cannot be turned into JSON: {error}"
+        failure = ToolOutputError(
+            f"tool {tool_name!r} {verb} {problem}", call_id=call_id, tool_name=tool_name
+        )
+        raise failure from error
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
 # -- schema from signature ----------------------------------------------------------
@@ -525,7 +591,3 @@ def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
         kept.append(lines[i])
         i += 1
     return "\n".join(kept).strip(), args
-
-
-def _clip(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."

@@ -167,3 +167,23 @@ async def test_a_tool_reads_its_call_id_as_an_idempotency_key() -> None:
         ("sync", "c-sync"),
     ]
     assert current_call.get() is None  # outside a call
+
+
+DEEP = '{"city": ' + "[" * 100_000 + "]" * 100_000 + "}"
+
+
+def test_arguments_too_deep_to_read_are_an_arguments_error_everywhere() -> None:
+    with pytest.raises(ra.ToolArgumentsError, match="nested too deeply to read"):
+        get_weather.bind(DEEP, "c1")
+    call = ra.ToolCall(id="c1", name="get_weather", arguments=DEEP)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        call.parsed_arguments()
+    conversation = ra.Conversation.of(
+        [
+            ra.UserMessage(content="q"),
+            ra.AssistantMessage(tool_calls=(call.with_status(ra.ToolCallStatus.PENDING),)),
+        ]
+    )
+    with pytest.raises(ra.ApprovalError, match="nested too deeply"):
+        conversation.approve("c1", arguments=DEEP)
+    assert conversation.pending == [call.with_status(ra.ToolCallStatus.PENDING)]

@@ -332,7 +332,7 @@ def test_bad_decisions_change_nothing(bank: Any) -> None:
     assert not_pending.status_code == 409
     assert not_pending.json()["error"] == (
         "cannot approve call 'call_add': it is completed and not waiting in the last turn "
-        "(calls waiting for a decision: call_pay)"
+        "(calls that have not run and can be decided: call_pay)"
     )
     assert decide({"call_id": "ghost", "decision": "reject"}).status_code == 409
     misfit = decide({"call_id": "call_pay", "decision": "approve", "arguments": {"amount": "lots"}})

@@ -16,8 +16,10 @@ from rxagent.aio import from_async_iterable, loop_scheduler
 from rxagent.approval import EXECUTE
 from rxagent.errors import (
     AgentError,
+    ToolCancelled,
     ToolError,
     ToolExecutionError,
+    ToolOutputError,
     ToolsFailed,
     ToolTimeoutError,
 )
@@ -27,9 +29,10 @@ from rxagent.events import (
     ToolCallPending,
     ToolCallStarted,
     ToolProgress,
+    _Event,
 )
 from rxagent.messages import ToolCall, ToolCallStatus
-from rxagent.tools import JoinPolicy, ToolRegistry, ToolsInput, jsonable
+from rxagent.tools import JoinPolicy, ToolRegistry, ToolsInput, tool_output
 
 __all__ = ["ToolContext", "fan_out_tools", "within"]
 
@@ -112,8 +115,11 @@ def fan_out_tools(
                     status=status
                     or (ToolCallStatus.COMPLETED if error is None else ToolCallStatus.FAILED),
                 )
-                # A refusal is the call's answer, not a failure of the step.
-                failure = None if status is ToolCallStatus.REJECTED else error
+                # A refusal is the call's answer, not a failure of the step (nor is a
+                # cancellation: the step is cancelled).
+                failure = (
+                    None if status in (ToolCallStatus.REJECTED, ToolCallStatus.CANCELLED) else error
+                )
                 observer.on_next((index, event, failure))
                 observer.on_completed()
 
@@ -122,16 +128,17 @@ def fan_out_tools(
                 return Disposable()
             try:
                 bound = registry.bind(call.id, call.name, call.arguments)
+            except ToolError as error:
+                ended(error=error)
+                return Disposable()
+            try:
                 decision = (
                     EXECUTE
                     if call.status is ToolCallStatus.APPROVED
                     else registry.decide(call.id, bound)
                 )
-            except ToolError as error:
-                ended(error=error)
-                return Disposable()
-            except Exception as error:  # the approval strategy itself raised
-                ended(error=_as_tool_error(error, call))
+            except Exception as error:  # the tool never ran: its approval strategy failed
+                ended(error=_strategy_error(error, call))
                 return Disposable()
             if decision.kind == "reject":
                 ended(error=_refusal(call, decision.reason), status=ToolCallStatus.REJECTED)
@@ -163,14 +170,37 @@ def fan_out_tools(
 
             def on_item(item: tuple[bool, Any]) -> None:
                 final, value = item
-                if final:
-                    ended(output=jsonable(value))
-                else:
-                    progress = ToolProgress(step=step, call_id=call.id, data=jsonable(value))
+                if not final and isinstance(value, _Event):
+                    # A sub-agent's event (agent.as_tool()): nested, typed, as it happens.
+                    inner = value.depth if type(value) is ToolProgress and value.event else 0
+                    progress = ToolProgress(
+                        step=step,
+                        call_id=call.id,
+                        event=value,  # type: ignore[arg-type]  # an _Event is an AgentEvent
+                        depth=inner + 1,
+                    )
                     observer.on_next((index, progress, None))
+                    return
+                try:
+                    data = tool_output(value, call.name, call.id, progress=not final)
+                except ToolOutputError as error:
+                    ended(error=error)  # ends the call (and stops a tool still streaming)
+                    return
+                if final:
+                    ended(output=data)
+                else:
+                    observer.on_next(
+                        (index, ToolProgress(step=step, call_id=call.id, data=data), None)
+                    )
 
             def on_error(error: Exception) -> None:
-                ended(error=_as_tool_error(error, call))
+                failure = _as_tool_error(error, call)
+                if isinstance(failure, ToolCancelled):
+                    # The other side of the call was cancelled (a sub-agent's run):
+                    # the step is cancelled with it.
+                    ended(error=failure, status=ToolCallStatus.CANCELLED)
+                else:
+                    ended(error=failure)
 
             items = from_async_iterable(
                 lambda: bound.tool.stream(bound.kwargs, executor=executor, call_id=call.id)
@@ -323,6 +353,17 @@ def _refusal(call: ToolCall, reason: str | None) -> ToolError:
     return ToolError(
         f"Rejected: {reason or 'the call was not approved.'}", call_id=call.id, tool_name=call.name
     )
+
+
+def _strategy_error(error: Exception, call: ToolCall) -> ToolError:
+    wrapped = ToolError(
+        f"the approval strategy of tool {call.name!r} raised {type(error).__name__}"
+        + (f": {error}" if str(error) else ""),
+        call_id=call.id,
+        tool_name=call.name,
+    )
+    wrapped.__cause__ = error
+    return wrapped
 
 
 def _as_tool_error(error: Exception, call: ToolCall) -> ToolError:
