@@ -33,7 +33,7 @@ import redis.asyncio as redis
 import rxagent as ra
 from rxagent import scripted as s
 from rxagent.events import RunStarted, StepStarted, TextDelta
-from rxagent.redis import EventLog, LogSettings, RunQueue, Worker, follow, observe
+from rxagent.redis import EventLog, LogSettings, RunQueue, Worker, follow, new_run_id, observe
 from rxagent.redis._scripts import Scripts
 
 HERE = Path(__file__).resolve().parent
@@ -78,7 +78,7 @@ async def new_log(client: redis.Redis, run_id: str, **settings: Any) -> EventLog
 # -- 1. latency ----------------------------------------------------------------------------
 async def latency(url: str, rate: int, seconds: float, flush_interval: float) -> dict[str, float]:
     client = redis.Redis.from_url(url)
-    run_id = f"latency-{os.getpid()}-{flush_interval}"
+    run_id = f"latency-{new_run_id()}"
     log = await new_log(client, run_id, flush_interval=flush_interval)
     log.append(RunStarted(step=1, input=ra.Conversation.of("go")))
     log.append(StepStarted(step=1))
@@ -129,7 +129,7 @@ async def observe_latency(url: str, run_id: str) -> None:
 # -- 2. throughput -------------------------------------------------------------------------
 async def throughput_log(url: str, n: int) -> float:
     client = redis.Redis.from_url(url)
-    log = await new_log(client, f"throughput-{os.getpid()}")
+    log = await new_log(client, f"throughput-{new_run_id()}")
     log.append(RunStarted(step=1, input=ra.Conversation.of("go")))
     start = time.perf_counter()
     for i in range(n):

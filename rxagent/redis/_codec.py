@@ -1,9 +1,9 @@
 """Events and metadata as Redis stores them, and back.
 
-A run's event of index ``n`` is the stream entry ``0-{n+1}`` with the fields ``i``
-(the index) and ``e`` (the event's JSON). Entry ids are the indices, so resuming
-after index ``n`` is reading after entry ``0-{n+1}``, and Redis itself refuses an
-entry written twice (an id must be greater than the last).
+A run's event of index ``n`` is the stream entry ``0-{n+1}`` with one field, ``e``,
+the event's JSON: the entry id is the index. So resuming after index ``n`` is
+reading after entry ``0-{n+1}``, and Redis itself refuses an entry written twice
+(an id must be greater than the last).
 """
 
 from __future__ import annotations

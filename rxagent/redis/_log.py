@@ -21,6 +21,7 @@ from rxagent.events import (
     StepStarted,
     dumps,
 )
+from rxagent.ops._until import _STREAMING
 from rxagent.redis._codec import text
 from rxagent.redis._errors import CONNECTION_ERRORS, Backoff, RedisUnavailable, where
 from rxagent.redis._keys import Keys
@@ -134,7 +135,10 @@ class EventLog:
 
     @property
     def state(self) -> RunState:
-        """The run's state: the fold of every event so far (those before this log's too)."""
+        """The run's state: the fold of its events so far (those before this log's too),
+        but for the deltas (text, reasoning, argument fragments, progress, usage): they
+        change nothing the log keeps (status, the conversation of the last step), and
+        folding them would cost about as much as writing them."""
         return self._state
 
     @property
@@ -147,11 +151,14 @@ class EventLog:
         index = self.next_index
         if self.lost:
             return index
-        before = self._state
-        state = self._state = before.apply(event)
         self.next_index += 1
         self._buffer.append(dumps(event))
         kind = type(event)
+        if kind in _STREAMING:
+            self._kick(now=False)
+            return index
+        before = self._state
+        state = self._state = before.apply(event)
         if state.status is not before.status:
             self._meta["status"] = state.status.value
         if kind in _BOUNDARIES or kind in _ENDS:
@@ -231,7 +238,7 @@ class EventLog:
             ttl,
             len(meta),
             *pairs,
-            *batch,
+            "\n".join(batch),  # JSON has no raw newline: one a line
         ]
         backoff = Backoff(self.settings.reconnect_window, cap=0.5)
         told = False

@@ -13,7 +13,8 @@ __all__ = ["Scripts"]
 # lost with the connection writes nothing twice.
 #   KEYS: meta, events
 #   ARGV: lease, first index, maxlen (0: none), ttl (>0 expire, -1 persist, 0 keep),
-#         n (meta field/value pairs), the pairs..., the events' JSON...
+#         n (meta field/value pairs), the pairs..., the events' JSON, one a line (one
+#         argument: the client encodes one string, not one per event)
 # Returns {last index} or {-1, holder} when the lease is someone else's (or the run is
 # gone), {-2, last} when the batch would leave a gap.
 APPEND = """
@@ -25,17 +26,18 @@ if first > last + 1 then return {-2, last} end
 local maxlen = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])
 local pairs_end = 5 + 2 * tonumber(ARGV[5])
-for j = pairs_end + 1, #ARGV do
-  local index = first + j - pairs_end - 1
+local index = first
+for event in string.gmatch(ARGV[pairs_end + 1] or '', '[^\\n]+') do
   if index > last then
     local id = '0-' .. string.format('%d', index + 1)
     if maxlen > 0 then
-      redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, id, 'i', index, 'e', ARGV[j])
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, id, 'e', event)
     else
-      redis.call('XADD', KEYS[2], id, 'i', index, 'e', ARGV[j])
+      redis.call('XADD', KEYS[2], id, 'e', event)
     end
     last = index
   end
+  index = index + 1
 end
 redis.call('HSET', KEYS[1], 'last', last)
 for j = 6, pairs_end, 2 do
