@@ -70,6 +70,9 @@ async def test_three_workers_share_200_runs_and_complete_each_exactly_once(
     assert runs == {f"call-job{i}": 1 for i in range(200)}
     by_worker = collections.Counter([(await queue.info(r)).worker for r in ids])
     assert set(by_worker) == {"w1", "w2", "w3"}
+    # Every job was acknowledged (with its run's end) and deleted: nothing is pending.
+    assert await client.xlen("rxagent:jobs") == 0
+    assert (await client.xpending("rxagent:jobs", "workers"))["pending"] == 0
 
 
 async def test_a_worker_killed_during_model_streaming_is_replaced_and_observers_see_one_stream(

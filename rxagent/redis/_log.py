@@ -106,6 +106,7 @@ class EventLog:
         settings: LogSettings | None = None,
         state: RunState | None = None,
         next_index: int | None = None,
+        job: str | None = None,
         on_lost: Callable[[str], None] | None = None,
         on_unreachable: Callable[[RedisUnavailable], None] | None = None,
     ) -> None:
@@ -131,7 +132,12 @@ class EventLog:
         self._pump: asyncio.Task[None] | None = None
         #: Set when the run was taken over by another worker (or its data is gone).
         self.lost = False
-        self._meta_keys = (self.keys.meta(run_id), self.keys.events(run_id))
+        self._meta_keys = (self.keys.meta(run_id), self.keys.events(run_id), self.keys.jobs)
+        #: The job to acknowledge with the write of the run's end (its worker's job).
+        self.job = job
+        self._ack = ""
+        #: Whether the job was acknowledged (with the run's end).
+        self.acked = False
 
     @property
     def state(self) -> RunState:
@@ -182,6 +188,7 @@ class EventLog:
             meta["snapshot"] = state.conversation.to_json()
             meta["steps"] = str(state.steps)
         if kind in _ENDS:
+            self._ack = self.job or ""
             if state.error is not None:
                 meta["error"] = state.error
             self._ttl = (
@@ -214,8 +221,9 @@ class EventLog:
                 batch, self._buffer = self._buffer, []
                 meta, self._meta = self._meta, {}
                 ttl, self._ttl = self._ttl, 0
+                ack, self._ack = self._ack, ""
                 try:
-                    await self._write(self._written, batch, meta, ttl)
+                    await self._write(self._written, batch, meta, ttl, ack)
                 except Exception as error:  # a reply Redis should never give
                     log.exception("run %s: writing its events failed; the run stops", self.run_id)
                     self.lost = True
@@ -229,7 +237,9 @@ class EventLog:
         finally:
             self._pump = None
 
-    async def _write(self, first: int, batch: list[str], meta: dict[str, str], ttl: int) -> None:
+    async def _write(
+        self, first: int, batch: list[str], meta: dict[str, str], ttl: int, ack: str
+    ) -> None:
         pairs = [item for pair in meta.items() for item in pair]
         args: list[Any] = [
             self.lease,
@@ -239,6 +249,8 @@ class EventLog:
             len(meta),
             *pairs,
             "\n".join(batch),  # JSON has no raw newline: one a line
+            self.keys.group,
+            ack,
         ]
         backoff = Backoff(self.settings.reconnect_window, cap=0.5)
         told = False
@@ -268,6 +280,8 @@ class EventLog:
         if backoff.failed_at is not None:
             log.info("run %s: reconnected to Redis", self.run_id)
         code = int(reply[0])
+        if code >= 0 and ack:
+            self.acked = True
         if code == -1:
             self.lost = True
             holder = text(reply[1]) or ""

@@ -11,10 +11,13 @@ __all__ = ["Scripts"]
 # run's lease (fencing: a worker that lost the run to another cannot write to it).
 # Events at or below the last index are skipped, so retrying a batch whose reply was
 # lost with the connection writes nothing twice.
-#   KEYS: meta, events
+# With a job id, the job is acknowledged (and deleted) in the same step: the run's
+# end and its job's end are one.
+#   KEYS: meta, events, jobs
 #   ARGV: lease, first index, maxlen (0: none), ttl (>0 expire, -1 persist, 0 keep),
 #         n (meta field/value pairs), the pairs..., the events' JSON, one a line (one
-#         argument: the client encodes one string, not one per event)
+#         argument: the client encodes one string, not one per event), the consumer
+#         group, the job id to acknowledge ('' for none)
 # Returns {last index} or {-1, holder} when the lease is someone else's (or the run is
 # gone), {-2, last} when the batch would leave a gap.
 APPEND = """
@@ -50,14 +53,20 @@ elseif ttl < 0 then
   redis.call('PERSIST', KEYS[1])
   redis.call('PERSIST', KEYS[2])
 end
+local job = ARGV[pairs_end + 3]
+if job and job ~= '' then
+  redis.call('XACK', KEYS[3], ARGV[pairs_end + 2], job)
+  redis.call('XDEL', KEYS[3], job)
+end
 return {last, ''}
 """
 
 # Takes a run's lease for a worker: fencing off whoever held it before.
 #   KEYS: meta
 #   ARGV: worker name, job kind ('start' or 'resume'), now
-# Returns {attempts, lease, last, cancel, status}, or {-1} when the run is gone, or
-# {-2, status} when it has nothing to do (it ended, or waits for decisions).
+# Returns {attempts, lease, last, cancel, status, the whole hash as field, value, ...},
+# or {-1} when the run is gone, or {-2, status} when it has nothing to do (it ended,
+# or waits for decisions).
 ACQUIRE = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {-1} end
@@ -70,7 +79,7 @@ local lease = ARGV[1] .. '#' .. attempts
 redis.call('HSET', KEYS[1], 'lease', lease, 'worker', ARGV[1], 'updated', ARGV[3])
 local last = redis.call('HGET', KEYS[1], 'last') or '-1'
 local cancel = redis.call('HGET', KEYS[1], 'cancel') or '0'
-return {attempts, lease, last, cancel, status}
+return {attempts, lease, last, cancel, status, redis.call('HGETALL', KEYS[1])}
 """
 
 # Records the decisions on a paused run and enqueues its resume: replaces its

@@ -447,7 +447,7 @@ class Worker:
     async def _handle(self, job: _Job, kind: str, recovered: bool) -> None:
         try:
             done = await self._run_job(job, kind, recovered)
-            if done:
+            if done and not (job.log is not None and job.log.acked):
                 await self._ack(job.job_id)
         except asyncio.CancelledError:
             raise
@@ -479,7 +479,8 @@ class Worker:
         attempts, lease = code, text(reply[1]) or ""
         last, cancel = int(reply[2]), text(reply[3]) == "1"
         status = RunStatus(text(reply[4]) or RunStatus.QUEUED)
-        info = RunInfo.of(run_id, await self.client.hgetall(self.keys.meta(run_id)))
+        fields = reply[5]
+        info = RunInfo.of(run_id, dict(zip(fields[::2], fields[1::2], strict=True)))
         whole, segment, segment_start = await self._read_log(run_id, last)
         event_log = EventLog(
             self.client,
@@ -489,6 +490,7 @@ class Worker:
             scripts=self._scripts,
             settings=self.settings,
             state=whole,
+            job=job.job_id,
             on_lost=lambda holder: self._lost(job),
             on_unreachable=lambda error: self._unreachable(job, error),
         )
