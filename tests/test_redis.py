@@ -10,7 +10,6 @@ import json
 import logging
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -57,13 +56,6 @@ from tests.redis_support import assert_coherent, log_of
 pytestmark = pytest.mark.timeout(30)
 
 
-@pytest.fixture
-async def client(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
-
-
 def many(n: int) -> ra.Agent:
     """An agent whose one step streams ``n`` text pieces."""
     return ra.Agent(ra.ScriptedProvider(lambda request: [f"t{i} " for i in range(n)]))
@@ -86,19 +78,23 @@ class Serving:
         await self.task
 
 
-async def test_a_run_is_observed_from_any_index_by_many_observers(client: redis.Redis) -> None:
-    async with Serving(client, {"many": many(50)}):
-        queue = RunQueue(client)
+async def test_a_run_is_observed_from_any_index_by_many_observers(
+    redis_client: redis.Redis,
+) -> None:
+    async with Serving(redis_client, {"many": many(50)}):
+        queue = RunQueue(redis_client)
         run_id = await queue.submit("many", "go")
-        observers = [observe(client, run_id) for _ in range(5)]
+        observers = [observe(redis_client, run_id) for _ in range(5)]
         results = await asyncio.gather(*(ra.collect_final(o) for o in observers))
-    log = await log_of(client, run_id)
+    log = await log_of(redis_client, run_id)
     result = assert_coherent(log)
     assert all(r == result for r in results)
     assert result.text == "".join(f"t{i} " for i in range(50))
     events = [e for _, e in log]
     for after in (0, 7, len(events) - 2):
-        replayed = [e async for e in ra.to_async_iterable(observe(client, run_id, after=after))]
+        replayed = [
+            e async for e in ra.to_async_iterable(observe(redis_client, run_id, after=after))
+        ]
         assert replayed == events[after + 1 :]
     info = await queue.info(run_id)
     assert info.status is RunStatus.COMPLETED and info.last_index == len(events) - 1
@@ -107,49 +103,54 @@ async def test_a_run_is_observed_from_any_index_by_many_observers(client: redis.
 
 
 async def test_a_failed_run_errors_its_observers_with_its_error_and_partial(
-    client: redis.Redis,
+    redis_client: redis.Redis,
 ) -> None:
     broken = ra.Agent(ra.ScriptedProvider([["Half an answer", s.fail("the model fell over")]]))
-    async with Serving(client, {"broken": broken}):
-        run_id = await RunQueue(client).submit("broken", "hi")
+    async with Serving(redis_client, {"broken": broken}):
+        run_id = await RunQueue(redis_client).submit("broken", "hi")
         with pytest.raises(ProviderError, match="the model fell over") as caught:
-            await ra.collect_final(observe(client, run_id))
+            await ra.collect_final(observe(redis_client, run_id))
     assert caught.value.partial is not None
     assert ra.validate_conversation(caught.value.partial.messages) == []
     assert caught.value.partial.messages[0].content == "hi"
-    log = await log_of(client, run_id)
+    log = await log_of(redis_client, run_id)
     assert [i for i, _ in log] == list(range(len(log)))
     failed = log[-1][1]
     assert isinstance(failed, RunFailed) and failed.error_type == "ProviderError"
     materialized = [
-        e async for e in ra.to_async_iterable(observe(client, run_id).pipe(ra.ops.materialize()))
+        e
+        async for e in ra.to_async_iterable(
+            observe(redis_client, run_id).pipe(ra.ops.materialize())
+        )
     ]
     # The same events, the error as data again (a new RunFailed: only its time differs).
     assert materialized[:-1] == [e for _, e in log][:-1]
     assert materialized[-1].model_copy(update={"at": failed.at}) == failed
-    info = await RunQueue(client).info(run_id)
+    info = await RunQueue(redis_client).info(run_id)
     assert info.status is RunStatus.FAILED and "the model fell over" in (info.error or "")
 
 
 async def test_writes_are_batched_and_the_log_expires_after_the_run(
-    client: redis.Redis,
+    redis_client: redis.Redis,
 ) -> None:
-    await client.config_resetstat()
+    await redis_client.config_resetstat()
     settings = LogSettings(ttl=600)
-    async with Serving(client, {"many": many(20_000)}, settings=settings):
-        run_id = await RunQueue(client).submit("many", "go")
-        result = await ra.collect_final(observe(client, run_id))
+    async with Serving(redis_client, {"many": many(20_000)}, settings=settings):
+        run_id = await RunQueue(redis_client).submit("many", "go")
+        result = await ra.collect_final(observe(redis_client, run_id))
     assert len(result.text.split()) == 20_000
-    log = await log_of(client, run_id)
+    log = await log_of(redis_client, run_id)
     assert len(log) == 20_000 + 4  # started, step started, texts, step completed, completed
-    stats = await client.info("commandstats")
+    stats = await redis_client.info("commandstats")
     writes = sum(v["calls"] for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval"))
     assert writes < 500  # 20k events in few round trips
-    ttl = await client.ttl(f"rxagent:run:{run_id}:events")
-    assert 0 < ttl <= 600 and 0 < await client.ttl(f"rxagent:run:{run_id}") <= 600
+    ttl = await redis_client.ttl(f"rxagent:run:{run_id}:events")
+    assert 0 < ttl <= 600 and 0 < await redis_client.ttl(f"rxagent:run:{run_id}") <= 600
 
 
-async def test_a_paused_run_keeps_longer_and_a_trimmed_log_says_so(client: redis.Redis) -> None:
+async def test_a_paused_run_keeps_longer_and_a_trimmed_log_says_so(
+    redis_client: redis.Redis,
+) -> None:
     @ra.tool(approval=ra.approval.require_approval())
     def act() -> str:
         """Act."""
@@ -157,37 +158,37 @@ async def test_a_paused_run_keeps_longer_and_a_trimmed_log_says_so(client: redis
 
     waiting = ra.Agent(ra.ScriptedProvider([[s.call("act", {}, id="c1")]]), tools=[act])
     settings = LogSettings(ttl=60, paused_ttl=3600, max_events=20)
-    async with Serving(client, {"waiting": waiting, "many": many(500)}, settings=settings):
-        queue = RunQueue(client)
+    async with Serving(redis_client, {"waiting": waiting, "many": many(500)}, settings=settings):
+        queue = RunQueue(redis_client)
         paused = await queue.submit("waiting", "go")
-        assert (await ra.collect_final(observe(client, paused))).stop == "paused"
-        assert 60 < await client.ttl(f"rxagent:run:{paused}") <= 3600
+        assert (await ra.collect_final(observe(redis_client, paused))).stop == "paused"
+        assert 60 < await redis_client.ttl(f"rxagent:run:{paused}") <= 3600
         long = await queue.submit("many", "go")
         # An observer from the start reads as the run goes (before the trimming catches up)
         # or learns the early events are gone; a late one from the start, the latter.
         with pytest.raises(EventsTrimmed, match="were trimmed"):
-            await ra.collect_final(observe(client, long))
+            await ra.collect_final(observe(redis_client, long))
         info = await queue.info(long)
-        result = await ra.collect_final(observe(client, long, after=info.last_index - 1))
+        result = await ra.collect_final(observe(redis_client, long, after=info.last_index - 1))
         assert result.text.split()[-1] == "t499"
 
 
 async def test_unknown_runs_agents_and_an_unreachable_redis_are_clear_errors(
-    client: redis.Redis, redis_server: RedisServer
+    redis_client: redis.Redis, redis_server: RedisServer
 ) -> None:
     with pytest.raises(RunNotFound, match="no run 'nope'"):
-        await ra.collect_final(observe(client, "nope"))
+        await ra.collect_final(observe(redis_client, "nope"))
     with pytest.raises(RunNotFound):
-        await RunQueue(client).info("nope")
-    checked = RunQueue(client, agents={"echo": many(1)})
+        await RunQueue(redis_client).info("nope")
+    checked = RunQueue(redis_client, agents={"echo": many(1)})
     with pytest.raises(UnknownAgent, match="no agent named 'other'; known agents: echo"):
         await checked.submit("other", "hi")
     # A worker without the agent fails the run, saying so.
-    async with Serving(client, {"echo": many(1)}):
-        run_id = await RunQueue(client).submit("other", "hi")
+    async with Serving(redis_client, {"echo": many(1)}):
+        run_id = await RunQueue(redis_client).submit("other", "hi")
         with pytest.raises(ra.AgentError, match=r"UnknownAgent: worker .* no agent named 'other'"):
-            await ra.collect_final(observe(client, run_id))
-    assert_log = await log_of(client, run_id)
+            await ra.collect_final(observe(redis_client, run_id))
+    assert_log = await log_of(redis_client, run_id)
     assert [e.type for _, e in assert_log] == ["run_started", "run_failed"]
 
     nowhere = redis.Redis.from_url("redis://127.0.0.1:9/0")
@@ -201,23 +202,23 @@ async def test_unknown_runs_agents_and_an_unreachable_redis_are_clear_errors(
 
 
 async def test_a_malformed_entry_is_skipped_with_a_warning(
-    client: redis.Redis, caplog: pytest.LogCaptureFixture
+    redis_client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     conversation = Conversation.of("hi")
     run = tiny_run(conversation, "fine")
     stream = "rxagent:run:hand-made:events"
-    await client.hset("rxagent:run:hand-made", mapping={"status": "completed", "last": "4"})
+    await redis_client.hset("rxagent:run:hand-made", mapping={"status": "completed", "last": "4"})
     entries = [dumps(run[0]), "{not json", None, dumps(run[1]), dumps(run[2])]
     for index, data in enumerate(entries):
         fields = {"x": "no event"} if data is None else {"e": data}
-        await client.xadd(stream, fields, id=f"0-{index + 1}")
+        await redis_client.xadd(stream, fields, id=f"0-{index + 1}")
     with caplog.at_level(logging.WARNING, logger="rxagent.redis"):
-        seen = [e async for e in ra.to_async_iterable(observe(client, "hand-made"))]
+        seen = [e async for e in ra.to_async_iterable(observe(redis_client, "hand-made"))]
     assert seen == run
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("skipped event 1: not a valid event" in w for w in warnings)
     assert any("skipped event 2: the entry has no 'e' field" in w for w in warnings)
-    assert (await ra.collect_final(observe(client, "hand-made"))).text == "fine"
+    assert (await ra.collect_final(observe(redis_client, "hand-made"))).text == "fine"
 
 
 def tiny_run(conversation: Conversation, text: str) -> list[AgentEvent]:
@@ -231,41 +232,43 @@ def tiny_run(conversation: Conversation, text: str) -> list[AgentEvent]:
     ]
 
 
-async def test_a_writer_that_lost_its_lease_writes_nothing_more(client: redis.Redis) -> None:
-    await client.hset("rxagent:run:r1", mapping={"status": "running", "last": "-1", "lease": "a#1"})
+async def test_a_writer_that_lost_its_lease_writes_nothing_more(redis_client: redis.Redis) -> None:
+    await redis_client.hset(
+        "rxagent:run:r1", mapping={"status": "running", "last": "-1", "lease": "a#1"}
+    )
     lost: list[str] = []
-    first = EventLog(client, "r1", lease="a#1", on_lost=lost.append)
+    first = EventLog(redis_client, "r1", lease="a#1", on_lost=lost.append)
     first.append(RunStarted(step=1, input=Conversation.of("hi")))
     await first.flush()
-    await client.hset("rxagent:run:r1", "lease", "b#2")  # another worker took it over
+    await redis_client.hset("rxagent:run:r1", "lease", "b#2")  # another worker took it over
     first.append(TextDelta(step=1, text="stale"))
     await first.flush()
     assert first.lost and lost == ["b#2"]
-    assert [e.type for _, e in await log_of(client, "r1")] == ["run_started"]
+    assert [e.type for _, e in await log_of(redis_client, "r1")] == ["run_started"]
     # Writing a batch again (its reply lost with the connection) adds nothing twice.
-    second = EventLog(client, "r1", lease="b#2", state=fold([RunStarted(step=1)]))
+    second = EventLog(redis_client, "r1", lease="b#2", state=fold([RunStarted(step=1)]))
     second.append(TextDelta(step=1, text="one"))
     await second.flush()
     second._written -= 1  # as if the reply had not come: the same batch goes again
     second._buffer.append(dumps(TextDelta(step=1, text="one")))
     await second.flush()
-    assert [e.type for _, e in await log_of(client, "r1")] == ["run_started", "text_delta"]
+    assert [e.type for _, e in await log_of(redis_client, "r1")] == ["run_started", "text_delta"]
 
 
 async def test_a_queued_run_cancelled_before_a_worker_takes_it_ends_cancelled(
-    client: redis.Redis,
+    redis_client: redis.Redis,
 ) -> None:
-    queue = RunQueue(client)
+    queue = RunQueue(redis_client)
     run_id = await queue.submit("many", "go")
     assert await queue.cancel(run_id)
-    async with Serving(client, {"many": many(10)}):
-        result = await ra.collect_final(observe(client, run_id))
+    async with Serving(redis_client, {"many": many(10)}):
+        result = await ra.collect_final(observe(redis_client, run_id))
     assert result.stop == "cancelled" and result.messages == Conversation.of("go")
-    assert_coherent(await log_of(client, run_id))
+    assert_coherent(await log_of(redis_client, run_id))
 
 
 async def test_connection_lost_past_the_window_fails_the_run_keeping_its_partial(
-    client: redis.Redis, redis_server: RedisServer
+    redis_client: redis.Redis, redis_server: RedisServer
 ) -> None:
     slow = ra.Agent(
         ra.ScriptedProvider(lambda r: [x for i in range(400) for x in (f"w{i} ", s.delay(0.005))])
@@ -282,10 +285,10 @@ async def test_connection_lost_past_the_window_fails_the_run_keeping_its_partial
     logging.getLogger("rxagent.redis").addHandler(handler)
     settings = LogSettings(reconnect_window=0.3)
     try:
-        async with Serving(client, {"slow": slow}, settings=settings):
-            run_id = await RunQueue(client).submit("slow", "go")
+        async with Serving(redis_client, {"slow": slow}, settings=settings):
+            run_id = await RunQueue(redis_client).submit("slow", "go")
             seen = 0
-            async for _ in follow(client, run_id):
+            async for _ in follow(redis_client, run_id):
                 seen += 1
                 if seen == 20:
                     break
@@ -294,7 +297,7 @@ async def test_connection_lost_past_the_window_fails_the_run_keeping_its_partial
                 await failed.wait()
             await asyncio.to_thread(redis_server.start)
             with pytest.raises(RedisUnavailable, match=r"for more than 0\.3s") as caught:
-                await ra.collect_final(observe(client, run_id))
+                await ra.collect_final(observe(redis_client, run_id))
     finally:
         logging.getLogger("rxagent.redis").removeHandler(handler)
     partial = caught.value.partial
@@ -302,14 +305,14 @@ async def test_connection_lost_past_the_window_fails_the_run_keeping_its_partial
     assert partial.messages[0].content == "go"
     assert partial.messages[1].content.startswith("w0 w1 w2 ")  # the text it had streamed
     assert ra.validate_conversation(partial.messages) == []
-    log = await log_of(client, run_id)
+    log = await log_of(redis_client, run_id)
     assert [i for i, _ in log] == list(range(len(log)))  # nothing lost, nothing twice
     assert len([e for _, e in log if e.type == "text_delta"]) >= 20
-    assert (await RunQueue(client).info(run_id)).status is RunStatus.FAILED
+    assert (await RunQueue(redis_client).info(run_id)).status is RunStatus.FAILED
 
 
 async def test_a_recovered_run_goes_on_with_its_steps_and_its_budget(
-    client: redis.Redis,
+    redis_client: redis.Redis,
 ) -> None:
     @ra.tool
     def tick(n: int) -> int:
@@ -324,22 +327,22 @@ async def test_a_recovered_run_goes_on_with_its_steps_and_its_budget(
     whole = agent.run("go")
     expected = await ra.collect_final(whole)
     # A worker ("ghost") took the run, wrote step 1 and the start of step 2, and died.
-    queue = RunQueue(client)
+    queue = RunQueue(redis_client)
     run_id = await queue.submit("ticker", "go")
-    await client.xreadgroup("workers", "ghost", {"rxagent:jobs": ">"}, count=1)
-    reply = await Scripts(client).acquire(
+    await redis_client.xreadgroup("workers", "ghost", {"rxagent:jobs": ">"}, count=1)
+    reply = await Scripts(redis_client).acquire(
         keys=[f"rxagent:run:{run_id}"], args=["ghost", "start", 0]
     )
-    ghost = EventLog(client, run_id, lease=reply[1].decode())
+    ghost = EventLog(redis_client, run_id, lease=reply[1].decode())
     events = list(whole.events)
     cut = next(i for i, e in enumerate(events) if isinstance(e, StepCompleted))
     for event in events[: cut + 3]:  # step 1, then step 2's StepStarted and first text
         ghost.append(event)
     await ghost.flush()
     assert fold(events[: cut + 3]).step_text == "step 2 "
-    async with Serving(client, {"ticker": agent}, heartbeat=0.05, claim_after=0.2):
-        result = await ra.collect_final(observe(client, run_id))
-    log = await log_of(client, run_id)
+    async with Serving(redis_client, {"ticker": agent}, heartbeat=0.05, claim_after=0.2):
+        result = await ra.collect_final(observe(redis_client, run_id))
+    log = await log_of(redis_client, run_id)
     assert assert_coherent(log) == result
     # The max_steps(3) budget went on from step 1: three steps, not four.
     assert result.stop == "max_steps" and result.steps == 3

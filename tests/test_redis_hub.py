@@ -26,17 +26,10 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-async def client(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def hub_and_worker(client: redis.Redis) -> AsyncIterator[RedisHub]:
+async def hub_and_worker(redis_client: redis.Redis) -> AsyncIterator[RedisHub]:
     agents = {"bank": bank_agent()}
-    hub = RedisHub(client, agents)
-    worker = Worker(client, agents)
+    hub = RedisHub(redis_client, agents)
+    worker = Worker(redis_client, agents)
     task = asyncio.create_task(worker.run())
     yield hub
     await hub.close()
@@ -106,7 +99,7 @@ async def test_redis_hub_readers_stop_at_a_pause_or_wait_through_it(
 
 
 async def test_two_web_processes_serve_one_run_and_a_client_resumes_across_them(
-    redis_server: RedisServer, client: redis.Redis, tmp_path: Path
+    redis_server: RedisServer, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     servers = WebServers(redis_server.url)
     try:
@@ -116,7 +109,7 @@ async def test_two_web_processes_serve_one_run_and_a_client_resumes_across_them(
             )
             await asyncio.to_thread(resume_across, a, b)
             run_id = await asyncio.to_thread(approve_and_cancel_across, a, b)
-        assert_coherent(await log_of(client, run_id), ends=2)
+        assert_coherent(await log_of(redis_client, run_id), ends=2)
     finally:
         servers.close()
 

@@ -9,7 +9,7 @@ import collections
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,13 +34,6 @@ def marks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-@pytest.fixture
-async def client(redis_server: RedisServer) -> AsyncIterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server.url, max_connections=500)
-    yield client
-    await client.aclose()
-
-
 async def watch_until(
     client: redis.Redis, run_id: str, seen: list[tuple[int, AgentEvent]], hit: asyncio.Event, when
 ) -> None:
@@ -52,17 +45,21 @@ async def watch_until(
 
 
 async def test_three_workers_share_200_runs_and_complete_each_exactly_once(
-    redis_server: RedisServer, client: redis.Redis, marks: Path
+    redis_server: RedisServer, redis_client: redis.Redis, marks: Path
 ) -> None:
-    queue = RunQueue(client)
-    async with ready_workers(client, redis_server.url, marks, ["w1", "w2", "w3"], claim_after=10):
+    queue = RunQueue(redis_client)
+    async with ready_workers(
+        redis_client, redis_server.url, marks, ["w1", "w2", "w3"], claim_after=10
+    ):
         ids = [await queue.submit("tools", f"job{i}") for i in range(200)]
         async with asyncio.timeout(40):
-            results = await asyncio.gather(*(ra.collect_final(observe(client, r)) for r in ids))
+            results = await asyncio.gather(
+                *(ra.collect_final(observe(redis_client, r)) for r in ids)
+            )
     for i, (run_id, result) in enumerate(zip(ids, results, strict=True)):
         assert result.text == f"Done: worked on job{i}"
         assert result.steps == 2
-        log = await log_of(client, run_id)
+        log = await log_of(redis_client, run_id)
         assert assert_coherent(log) == result
         assert "run_resumed" not in {e.type for _, e in log}
     # Each tool call ran once, and all three workers took their share.
@@ -71,31 +68,50 @@ async def test_three_workers_share_200_runs_and_complete_each_exactly_once(
     by_worker = collections.Counter([(await queue.info(r)).worker for r in ids])
     assert set(by_worker) == {"w1", "w2", "w3"}
     # Every job was acknowledged (with its run's end) and deleted: nothing is pending.
-    assert await client.xlen("rxagent:jobs") == 0
-    assert (await client.xpending("rxagent:jobs", "workers"))["pending"] == 0
+    assert await redis_client.xlen("rxagent:jobs") == 0
+    assert (await redis_client.xpending("rxagent:jobs", "workers"))["pending"] == 0
 
 
-async def test_a_worker_killed_during_model_streaming_is_replaced_and_observers_see_one_stream(
-    redis_server: RedisServer, client: redis.Redis, marks: Path
-) -> None:
+async def kill_its_worker_when(
+    client: redis.Redis,
+    url: str,
+    marks: Path,
+    agent: str,
+    prompt: str,
+    when: Callable[[AgentEvent], bool],
+) -> tuple[str, list[tuple[int, AgentEvent]], str, int]:
+    """Run ``prompt`` on ``agent`` with workers "a" and "b"; ``kill -9`` the one running
+    it at the first event ``when`` accepts; follow the run to its end. Returns the run
+    id, the events the live observer saw, the killed worker's name and its pid."""
     queue = RunQueue(client)
-    async with ready_workers(client, redis_server.url, marks, ["a", "b"]) as pool:
-        run_id = await queue.submit("slow", "hang-once streaming")
+    async with ready_workers(client, url, marks, ["a", "b"]) as pool:
+        run_id = await queue.submit(agent, prompt)
         live: list[tuple[int, AgentEvent]] = []
-        streaming = asyncio.Event()
-        watcher = asyncio.create_task(
-            watch_until(
-                client, run_id, live, streaming, lambda e: getattr(e, "text", "") == "there, "
-            )
-        )
+        hit = asyncio.Event()
+        watcher = asyncio.create_task(watch_until(client, run_id, live, hit, when))
         async with asyncio.timeout(10):
-            await streaming.wait()
+            await hit.wait()
         victim = (await queue.info(run_id)).worker
         assert victim in ("a", "b")
+        pid = pool.pid_of(victim)
         pool.kill(victim)
         async with asyncio.timeout(20):
             await watcher
-    log = await log_of(client, run_id)
+    return run_id, live, victim, pid
+
+
+async def test_a_worker_killed_during_model_streaming_is_replaced_and_observers_see_one_stream(
+    redis_server: RedisServer, redis_client: redis.Redis, marks: Path
+) -> None:
+    run_id, live, victim, _ = await kill_its_worker_when(
+        redis_client,
+        redis_server.url,
+        marks,
+        "slow",
+        "hang-once streaming",
+        lambda e: getattr(e, "text", "") == "there, ",
+    )
+    log = await log_of(redis_client, run_id)
     assert live == log  # the observer that watched it all saw exactly the log
     result = assert_coherent(log)
     assert result.text == "Hello there, world."
@@ -105,30 +121,23 @@ async def test_a_worker_killed_during_model_streaming_is_replaced_and_observers_
     # A fold drops the interrupted attempt's text: step 1 says it once.
     assert fold(e for _, e in log).texts == {1: "Hello there, world."}
     # A late observer (another reader, from the start) gets the same events.
-    late = [e async for e in ra.to_async_iterable(observe(client, run_id))]
+    late = [e async for e in ra.to_async_iterable(observe(redis_client, run_id))]
     assert late == [e for _, e in log]
     assert len(marked("model hang-once streaming")) == 2
 
 
 async def test_a_worker_killed_during_a_tool_the_call_runs_again_with_its_call_id(
-    redis_server: RedisServer, client: redis.Redis, marks: Path
+    redis_server: RedisServer, redis_client: redis.Redis, marks: Path
 ) -> None:
-    queue = RunQueue(client)
-    async with ready_workers(client, redis_server.url, marks, ["a", "b"]) as pool:
-        run_id = await queue.submit("tools", "block-once")
-        live: list[tuple[int, AgentEvent]] = []
-        in_tool = asyncio.Event()
-        watcher = asyncio.create_task(
-            watch_until(client, run_id, live, in_tool, lambda e: e.type == "tool_call_started")
-        )
-        async with asyncio.timeout(10):
-            await in_tool.wait()
-        victim = (await queue.info(run_id)).worker
-        pool.kill(victim)
-        async with asyncio.timeout(20):
-            await watcher
-        victim_pid = pool.pid_of(victim)
-    log = await log_of(client, run_id)
+    run_id, live, _, victim_pid = await kill_its_worker_when(
+        redis_client,
+        redis_server.url,
+        marks,
+        "tools",
+        "block-once",
+        lambda e: e.type == "tool_call_started",
+    )
+    log = await log_of(redis_client, run_id)
     assert live == log
     result = assert_coherent(log)
     assert result.text == "Done: worked on block-once"
@@ -148,32 +157,32 @@ async def test_a_worker_killed_during_a_tool_the_call_runs_again_with_its_call_i
 
 
 async def test_cancel_and_approve_from_another_process(
-    redis_server: RedisServer, client: redis.Redis, marks: Path
+    redis_server: RedisServer, redis_client: redis.Redis, marks: Path
 ) -> None:
-    queue = RunQueue(client)  # this test's process; the worker is another
+    queue = RunQueue(redis_client)  # this test's process; the worker is another
     with workers(redis_server.url, marks, ["w"]):
         # Cancel: the run ends cancelled, quickly, with a conversation that validates.
         run_id = await queue.submit("slow", "go 2000")
         first_text = asyncio.Event()
         watcher = asyncio.create_task(
-            watch_until(client, run_id, [], first_text, lambda e: e.type == "text_delta")
+            watch_until(redis_client, run_id, [], first_text, lambda e: e.type == "text_delta")
         )
         async with asyncio.timeout(10):
             await first_text.wait()
         asked = time.perf_counter()
         assert await queue.cancel(run_id)
-        result = await ra.collect_final(observe(client, run_id))
+        result = await ra.collect_final(observe(redis_client, run_id))
         took = time.perf_counter() - asked
         await watcher
         assert result.stop == "cancelled"
         assert took < 1.0  # the goal is 100 ms on loopback: see benchmarks/bench_redis.py
-        assert assert_coherent(await log_of(client, run_id)) == result
+        assert assert_coherent(await log_of(redis_client, run_id)) == result
         assert (await queue.info(run_id)).status is RunStatus.CANCELLED
         assert not await queue.cancel(run_id)  # over already
 
         # Approve: the paused run waits in Redis; deciding re-enqueues it.
         run_id = await queue.submit("bank", "pay")
-        paused = await ra.collect_final(observe(client, run_id))
+        paused = await ra.collect_final(observe(redis_client, run_id))
         assert paused.stop == "paused" and [c.id for c in paused.pending] == ["call-transfer"]
         info = await queue.info(run_id)
         assert info.status is RunStatus.PAUSED and info.conversation == paused.messages
@@ -183,9 +192,9 @@ async def test_cancel_and_approve_from_another_process(
         assert marked("transfer") == []
         resumed = await queue.approve(run_id, "call-transfer", arguments={"amount": 70})
         assert resumed == info.last_index + 1
-        done = await ra.collect_final(observe(client, run_id, after=info.last_index))
+        done = await ra.collect_final(observe(redis_client, run_id, after=info.last_index))
         assert done.text == "Bank says: transferred 70"
-        log = await log_of(client, run_id)
+        log = await log_of(redis_client, run_id)
         assert assert_coherent(log, ends=2) == done
         # The resumed run is a new segment of the same log, from the decided conversation.
         assert log[resumed][1].type == "run_started"
@@ -194,21 +203,21 @@ async def test_cancel_and_approve_from_another_process(
             ["transfer", "70", "call=call-transfer"]
         ]
         # Observing it all now: one stream, through the pause, to the end.
-        assert await ra.collect_final(observe(client, run_id)) == done
+        assert await ra.collect_final(observe(redis_client, run_id)) == done
 
         # Reject: the model reads the refusal.
         run_id = await queue.submit("bank", "pay")
-        await ra.collect_final(observe(client, run_id))
+        await ra.collect_final(observe(redis_client, run_id))
         resumed = await queue.reject(run_id, "call-transfer", "not today")
-        done = await ra.collect_final(observe(client, run_id, after=resumed - 1))
+        done = await ra.collect_final(observe(redis_client, run_id, after=resumed - 1))
         assert done.text == "Bank says: Rejected: not today"
         assert len(marked("transfer")) == 1
 
         # Cancel a paused run: it ends cancelled at once, its call undecided.
         run_id = await queue.submit("bank", "pay")
-        paused = await ra.collect_final(observe(client, run_id))
+        paused = await ra.collect_final(observe(redis_client, run_id))
         assert await queue.cancel(run_id)
-        log = await log_of(client, run_id)
+        log = await log_of(redis_client, run_id)
         assert [e.type for _, e in log[-2:]] == ["run_started", "run_completed"]
         assert log[-1][1].run.stop == "cancelled" and log[-1][1].run.messages == paused.messages
         assert (await queue.info(run_id)).status is RunStatus.CANCELLED
@@ -217,35 +226,37 @@ async def test_cancel_and_approve_from_another_process(
 
 
 async def test_redis_restarted_mid_run_loses_and_repeats_nothing(
-    redis_server: RedisServer, client: redis.Redis, marks: Path
+    redis_server: RedisServer, redis_client: redis.Redis, marks: Path
 ) -> None:
     with workers(redis_server.url, marks, ["w"]):
-        run_id = await RunQueue(client).submit("slow", "go 300")
+        run_id = await RunQueue(redis_client).submit("slow", "go 300")
         live: list[tuple[int, AgentEvent]] = []
         midway = asyncio.Event()
         watcher = asyncio.create_task(
-            watch_until(client, run_id, live, midway, lambda e: getattr(e, "text", "") == "w40 ")
+            watch_until(
+                redis_client, run_id, live, midway, lambda e: getattr(e, "text", "") == "w40 "
+            )
         )
         async with asyncio.timeout(10):
             await midway.wait()
         await asyncio.to_thread(redis_server.restart)
         async with asyncio.timeout(30):
             await watcher
-    log = await log_of(client, run_id)
+    log = await log_of(redis_client, run_id)
     assert live == log
     result = assert_coherent(log)
     assert result.text == "".join(f"w{i} " for i in range(300))
 
 
 async def test_sigterm_drains_the_running_runs_and_takes_no_new_one(
-    redis_server: RedisServer, client: redis.Redis, marks: Path
+    redis_server: RedisServer, redis_client: redis.Redis, marks: Path
 ) -> None:
-    queue = RunQueue(client)
+    queue = RunQueue(redis_client)
     with workers(redis_server.url, marks, ["w"]) as pool:
         run_id = await queue.submit("slow", "go 100")
         started = asyncio.Event()
         watcher = asyncio.create_task(
-            watch_until(client, run_id, [], started, lambda e: e.type == "text_delta")
+            watch_until(redis_client, run_id, [], started, lambda e: e.type == "text_delta")
         )
         async with asyncio.timeout(10):
             await started.wait()
@@ -253,7 +264,7 @@ async def test_sigterm_drains_the_running_runs_and_takes_no_new_one(
         later = await queue.submit("echo", "after the drain")
         await watcher
         assert exit_status == 0, pool.output("w")
-    result = assert_coherent(await log_of(client, run_id))
+    result = assert_coherent(await log_of(redis_client, run_id))
     assert result.stop == "no_tool_calls" and result.text.startswith("w0 w1 ")
     assert (await queue.info(later)).status is RunStatus.QUEUED
     assert await queue.workers() == {}
