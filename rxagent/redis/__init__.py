@@ -33,7 +33,7 @@ with hiredis) and a Redis server (6.2 or later; Debian's ``redis-server`` will d
 Importing ``rxagent`` does not import this module (nor redis-py).
 """
 
-from rxagent.redis._codec import RunInfo, error_of
+from rxagent.redis._codec import RunMeta, error_of
 from rxagent.redis._errors import EventsTrimmed, RedisUnavailable, RunNotFound, UnknownAgent
 from rxagent.redis._keys import DEFAULT_PREFIX, Keys
 from rxagent.redis._log import DEFAULT_TTL, EventLog, LogSettings
@@ -49,7 +49,7 @@ __all__ = [
     "Keys",
     "LogSettings",
     "RedisUnavailable",
-    "RunInfo",
+    "RunMeta",
     "RunNotFound",
     "RunQueue",
     "UnknownAgent",

@@ -22,7 +22,7 @@ from rxagent.messages import Conversation
 from rxagent.redis import _errors
 from rxagent.state import RunStatus
 
-__all__ = ["Entry", "RunInfo", "entry_id", "error_of", "read_entries", "text"]
+__all__ = ["Entry", "RunMeta", "entry_id", "error_of", "read_entries", "text"]
 
 log = logging.getLogger("rxagent.redis")
 
@@ -129,7 +129,7 @@ _DETAILS: dict[str, Any] = {
 
 
 @dataclass(frozen=True)
-class RunInfo:
+class RunMeta:
     """A run's metadata, as its Redis hash holds it."""
 
     run_id: str
@@ -158,7 +158,7 @@ class RunInfo:
         return Conversation.from_json(self._conversation) if self._conversation else None
 
     @classmethod
-    def of(cls, run_id: str, fields: Mapping[Any, Any]) -> RunInfo:
+    def of(cls, run_id: str, fields: Mapping[Any, Any]) -> RunMeta:
         data = {text(k): text(v) for k, v in fields.items()}
         return cls(
             run_id=run_id,

@@ -16,7 +16,7 @@ from rxagent.errors import ApprovalError
 from rxagent.events import AgentEvent, AgentRun, RunCompleted, RunStarted
 from rxagent.messages import Conversation, ConversationInput
 from rxagent.policies import StopReason
-from rxagent.redis._codec import RunInfo, text
+from rxagent.redis._codec import RunMeta, text
 from rxagent.redis._errors import RunNotFound, UnknownAgent, check_reachable
 from rxagent.redis._keys import DEFAULT_PREFIX, Keys, keys_of
 from rxagent.redis._log import EventLog
@@ -28,8 +28,8 @@ __all__ = ["RunQueue", "new_run_id"]
 
 
 def new_run_id() -> str:
-    """An unguessable run id: 128 random bits, URL-safe."""
-    return secrets.token_urlsafe(16)
+    """An unguessable run id: 192 random bits, URL-safe (as rxagent.web's)."""
+    return secrets.token_urlsafe(24)
 
 
 class RunQueue:
@@ -109,12 +109,12 @@ class RunQueue:
         return run_id
 
     # -- reading -------------------------------------------------------------------------
-    async def info(self, run_id: str) -> RunInfo:
+    async def info(self, run_id: str) -> RunMeta:
         """The run's metadata: status, agent, owner, last index, its conversation, ..."""
         fields = await self.client.hgetall(self.keys.meta(run_id))
         if not fields:
             raise RunNotFound(run_id)
-        return RunInfo.of(run_id, fields)
+        return RunMeta.of(run_id, fields)
 
     async def state(self, run_id: str) -> RunState:
         """The run's state now: the fold of the events in its log."""

@@ -21,7 +21,7 @@ from rxagent.agent import Agent, Run
 from rxagent.events import AgentEvent, RunCompleted, RunFailed, RunResumed, RunStarted
 from rxagent.messages import Conversation
 from rxagent.policies import StopReason
-from rxagent.redis._codec import RunInfo, stream_entries, text
+from rxagent.redis._codec import RunMeta, stream_entries, text
 from rxagent.redis._errors import (
     CONNECTION_ERRORS,
     Backoff,
@@ -480,7 +480,7 @@ class Worker:
         last, cancel = int(reply[2]), text(reply[3]) == "1"
         status = RunStatus(text(reply[4]) or RunStatus.QUEUED)
         fields = reply[5]
-        info = RunInfo.of(run_id, dict(zip(fields[::2], fields[1::2], strict=True)))
+        info = RunMeta.of(run_id, dict(zip(fields[::2], fields[1::2], strict=True)))
         whole, segment, segment_start = await self._read_log(run_id, last)
         event_log = EventLog(
             self.client,
