@@ -353,6 +353,33 @@ async def test_a_recovered_run_goes_on_with_its_steps_and_its_budget(
     assert fold(e for _, e in log).texts == {1: "step 1 ", 2: "step 2 ", 3: "step 3 "}
 
 
+async def test_a_run_whose_workers_keep_dying_fails_after_max_attempts(
+    redis_client: redis.Redis,
+) -> None:
+    # Two workers took the run over already (two RunResumed) and died; the third fails it.
+    queue = RunQueue(redis_client)
+    run_id = await queue.submit("many", "go")
+    await redis_client.xreadgroup("workers", "ghost", {"rxagent:jobs": ">"}, count=1)
+    reply = await Scripts(redis_client).acquire(
+        keys=[f"rxagent:run:{run_id}"], args=["ghost", "start", 0]
+    )
+    ghost = EventLog(redis_client, run_id, lease=reply[1].decode())
+    go = Conversation.of("go")
+    for event in [RunStarted(step=1, input=go), StepStarted(step=1)]:
+        ghost.append(event)
+    for worker in ("ghost-2", "ghost-3"):
+        ghost.append(RunResumed(step=1, input=go, worker=worker))
+        ghost.append(StepStarted(step=1))
+    await ghost.flush()
+    async with Serving(
+        redis_client, {"many": many(5)}, heartbeat=0.05, claim_after=0.2, max_attempts=3
+    ):
+        with pytest.raises(ra.AgentError, match="taken over 3 times") as caught:
+            await ra.collect_final(observe(redis_client, run_id))
+    assert caught.value.partial is not None and caught.value.partial.messages == go
+    assert (await queue.info(run_id)).status is RunStatus.FAILED
+
+
 # -- recovery semantics, no Redis needed ---------------------------------------------------
 def test_run_resumed_voids_the_interrupted_step_in_the_fold() -> None:
     agent = ra.Agent(ra.ScriptedProvider([["Hello ", "world"]]))

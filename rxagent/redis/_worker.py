@@ -280,7 +280,7 @@ class Worker:
                 raise
             backoff.reset()
             for entry, fields in stream_entries(reply):
-                self._take(text(entry) or "", fields, recovered=False)
+                self._take(text(entry) or "", fields)
 
     async def _ensure_group(self) -> None:
         with contextlib.suppress(*CONNECTION_ERRORS):
@@ -311,7 +311,7 @@ class Worker:
                 if job_id in {job.job_id for job in self._jobs.values()}:
                     continue  # our own (we were slow to heart-beat): we run it still
                 log.warning("worker %s recovers job %s of a lost worker", self.name, job_id)
-                self._take(job_id, fields, recovered=True)
+                self._take(job_id, fields)
 
     async def _stopped_within(self, seconds: float, event: asyncio.Event | None = None) -> bool:
         """Wait ``seconds``, or less if ``event`` (default: the stop) is set; is it set?"""
@@ -411,7 +411,7 @@ class Worker:
             )
 
     # -- one run -------------------------------------------------------------------------
-    def _take(self, job_id: str, fields: Mapping[Any, Any], *, recovered: bool) -> None:
+    def _take(self, job_id: str, fields: Mapping[Any, Any]) -> None:
         data = {text(k): text(v) for k, v in fields.items()}
         run_id, kind = data.get("run"), data.get("kind") or "start"
         if not run_id:
@@ -423,7 +423,7 @@ class Worker:
         job = _Job(job_id, run_id)
         self._jobs[run_id] = job
         job.task = asyncio.get_running_loop().create_task(
-            self._handle(job, kind, recovered), name=f"run-{run_id}"
+            self._handle(job, kind), name=f"run-{run_id}"
         )
 
     async def _ack(self, job_id: str) -> None:
@@ -444,9 +444,9 @@ class Worker:
                     return
                 await backoff.wait()
 
-    async def _handle(self, job: _Job, kind: str, recovered: bool) -> None:
+    async def _handle(self, job: _Job, kind: str) -> None:
         try:
-            done = await self._run_job(job, kind, recovered)
+            done = await self._run_job(job, kind)
             if done and not (job.log is not None and job.log.acked):
                 await self._ack(job.job_id)
         except asyncio.CancelledError:
@@ -464,7 +464,7 @@ class Worker:
             if self._slot_free is not None:
                 self._slot_free.set()
 
-    async def _run_job(self, job: _Job, kind: str, recovered: bool) -> bool:
+    async def _run_job(self, job: _Job, kind: str) -> bool:
         """Run one job; returns whether it is done with (to be acknowledged)."""
         run_id = job.run_id
         reply = await self._scripts.acquire(
@@ -476,12 +476,12 @@ class Worker:
             return True
         if code == -2:
             return True  # it ended (or waits for decisions) already
-        attempts, lease = code, text(reply[1]) or ""
+        lease = text(reply[1]) or ""
         last, cancel = int(reply[2]), text(reply[3]) == "1"
         status = RunStatus(text(reply[4]) or RunStatus.QUEUED)
         fields = reply[5]
         info = RunMeta.of(run_id, dict(zip(fields[::2], fields[1::2], strict=True)))
-        whole, segment, segment_start = await self._read_log(run_id, last)
+        whole, segment, segment_start, taken_over = await self._read_log(run_id, last)
         event_log = EventLog(
             self.client,
             run_id,
@@ -514,10 +514,10 @@ class Worker:
                 f"UnknownAgent: worker {self.name} has no agent named {info.agent!r} "
                 f"(it serves {', '.join(sorted(self.agents))})"
             )
-        elif recovered and attempts > self.max_attempts:
+        elif resumed is not None and taken_over + 2 > self.max_attempts:
             failure = (
-                f"AgentError: the run was taken up {attempts - 1} times and its worker was "
-                f"lost each time (max_attempts={self.max_attempts})"
+                f"AgentError: the run was taken over {taken_over + 1} times, its worker lost "
+                f"each time (max_attempts={self.max_attempts})"
             )
         else:
             if resumed is not None:
@@ -574,19 +574,23 @@ class Worker:
         await event_log.flush()
         return not event_log.lost
 
-    async def _read_log(self, run_id: str, last: int) -> tuple[RunState, RunState, float]:
+    async def _read_log(self, run_id: str, last: int) -> tuple[RunState, RunState, float, int]:
         """The fold of the run's log so far, the fold of its current segment (from its
-        last ``RunStarted``), and when that segment began."""
+        last ``RunStarted``), when that segment began, and how many times it was taken
+        over already (its ``RunResumed`` events)."""
         whole = segment = RunState()
         start = time.time()
+        taken_over = 0
         if last < 0:
-            return whole, segment, start
+            return whole, segment, start, taken_over
         async for _, event in follow(self.client, run_id, prefix=self.keys, live=False):
             whole = whole.apply(event)
             if isinstance(event, RunStarted):
-                segment, start = RunState(), event.at
+                segment, start, taken_over = RunState(), event.at, 0
+            elif isinstance(event, RunResumed):
+                taken_over += 1
             segment = segment.apply(event)
-        return whole, segment, start
+        return whole, segment, start, taken_over
 
     async def _fail(
         self, job: _Job, event_log: EventLog, opening: AgentEvent, failure: str
