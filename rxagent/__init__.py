@@ -11,8 +11,10 @@ from rxagent.errors import (
     OutputValidationError,
     ProviderError,
     ToolArgumentsError,
+    ToolCancelled,
     ToolError,
     ToolExecutionError,
+    ToolOutputError,
     ToolsFailed,
     ToolTimeoutError,
     UnknownToolError,
@@ -33,6 +35,7 @@ from rxagent.messages import (
 from rxagent.policies import LoopState, Policy, StepOutcome, StopReason
 from rxagent.providers import Provider, ProviderRequest, ScriptedProvider, scripted
 from rxagent.state import RunState, RunStatus, StepPhase
+from rxagent.subagents import handoff
 from rxagent.tools import JoinPolicy, Tool, Toolset, tool
 from rxagent.validation import (
     ValidationPolicy,
@@ -87,9 +90,11 @@ __all__ = [
     "ToolArgumentsError",
     "ToolCall",
     "ToolCallStatus",
+    "ToolCancelled",
     "ToolError",
     "ToolExecutionError",
     "ToolMessage",
+    "ToolOutputError",
     "ToolTimeoutError",
     "ToolsFailed",
     "Toolset",
@@ -104,6 +109,7 @@ __all__ = [
     "display",
     "events",
     "from_async_iterable",
+    "handoff",
     "live",
     "ops",
     "policies",

@@ -9,7 +9,8 @@ With no ``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, ``--api-key`` or ``--base-url``
 (or with ``--offline``), the model is an offline demo model served by
 :class:`rxagent.testing.LoopbackServer` and reached through the real
 ``OpenAIProvider``, so the whole HTTP path runs. ``--json`` prints the events as
-JSON lines instead (pipe them into ``jq``).
+JSON lines instead (pipe them into ``jq``). ``rxagent web`` serves the chat page on
+the same agent (see :mod:`rxagent.web.demo`).
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ class _Result:
 
     @property
     def failed(self) -> bool:
-        return self.content.startswith("Error") or self.content.startswith("Cancelled")
+        return self.content.startswith(("Error", "Cancelled", "Rejected"))
 
 
 def _tool_results(messages: list[dict[str, Any]]) -> list[_Result]:
@@ -227,11 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("prompt", nargs="?", default=DEFAULT_PROMPT, help="what to ask")
-    parser.add_argument("--model", default="gpt-4o-mini", help="model name (default: %(default)s)")
-    parser.add_argument(
-        "--base-url", help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1"
-    )
-    parser.add_argument("--api-key", help="API key (default: $OPENAI_API_KEY)")
+    add_model_options(parser)
     parser.add_argument(
         "--max-tool-concurrency",
         type=int,
@@ -241,6 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--max-steps", type=int, default=6, metavar="N", help="at most N steps")
     parser.add_argument("--json", action="store_true", help="print the events as JSON lines")
+    return parser
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The options that choose the model (shared with ``rxagent web``)."""
+    parser.add_argument("--model", default="gpt-4o-mini", help="model name (default: %(default)s)")
+    parser.add_argument(
+        "--base-url", help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1"
+    )
+    parser.add_argument("--api-key", help="API key (default: $OPENAI_API_KEY)")
     parser.add_argument("--offline", action="store_true", help="use the offline demo model")
     parser.add_argument(
         "--pace",
@@ -249,11 +256,31 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FACTOR",
         help="scale the demo's waits (slow tool, offline typing); 0 for none",
     )
-    return parser
+
+
+def is_offline(args: argparse.Namespace) -> bool:
+    """Whether the options (and the environment) leave the offline demo model to use."""
+    return bool(
+        args.offline
+        or not (
+            args.base_url
+            or args.api_key
+            or os.environ.get("OPENAI_API_KEY")
+            or os.environ.get("OPENAI_BASE_URL")
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the demo; the exit status is 0 on success, 1 when the run failed."""
+    """Run the demo; the exit status is 0 on success, 1 when the run failed.
+
+    ``rxagent web ...`` serves the chat page instead (the ``rxagent[web]`` extra).
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["web"]:
+        from rxagent.web.demo import main as web_main
+
+        return web_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.max_tool_concurrency < 0 or args.max_steps < 1 or args.pace < 0:
         build_parser().error("--max-tool-concurrency, --max-steps and --pace must be positive")
@@ -269,12 +296,7 @@ async def _run(args: argparse.Namespace) -> int:
     _WeatherService.calls = 0  # every run shows a failure first, then a success
     out = sys.stdout
     notes = sys.stderr if args.json else sys.stdout
-    offline = args.offline or not (
-        args.base_url
-        or args.api_key
-        or os.environ.get("OPENAI_API_KEY")
-        or os.environ.get("OPENAI_BASE_URL")
-    )
+    offline = is_offline(args)
     server = None
     try:
         if offline:

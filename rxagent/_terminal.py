@@ -111,6 +111,20 @@ def _progress_text(data: Any) -> str:
     return one_line(data, 40)
 
 
+def _nested_tail(call: ToolCallState, s: Symbols) -> str:
+    """What a sub-agent is doing, for its call's line: a call it runs, or its text."""
+    nested = call.nested
+    while nested is not None:
+        running = [c for c in nested.calls.values() if not c.status.is_final]
+        if not running:
+            return f"{s.arrow} {one_line(nested.step_text[-60:] or 'thinking' + s.ellipsis)}"
+        deeper = running[-1]
+        if deeper.nested is None:
+            return f"{s.arrow} {_signature(deeper)}"
+        nested = deeper.nested
+    return f"running{s.ellipsis}"
+
+
 def summary(run: AgentRunResult, *, seconds: float, failed_calls: int, rule: str = "-") -> str:
     """One line: steps, tool calls, tokens, time and the stop reason."""
     calls = f"{run.tool_calls} tool call{'s' if run.tool_calls != 1 else ''}"
@@ -179,7 +193,10 @@ class View:
         elif kind is ToolProgress:
             call = self.state.calls.get(event.call_id)  # type: ignore[union-attr]
             if call is not None:
-                self.progressed(call)
+                if event.event is not None:  # type: ignore[union-attr]
+                    self.nested(call, event)  # type: ignore[arg-type]
+                else:
+                    self.progressed(call)
         elif kind in (ToolArgsDelta, ToolCallStarted, ToolCallEnded):
             self.changed(self.state.calls[event.call_id])  # type: ignore[union-attr]
         elif kind is StepRetry:
@@ -207,6 +224,10 @@ class View:
 
     def progressed(self, call: ToolCallState) -> None:
         raise NotImplementedError
+
+    def nested(self, call: ToolCallState, event: ToolProgress) -> None:
+        """An event of a sub-agent's run (``agent.as_tool()``), under ``call``."""
+        self.progressed(call)
 
     def retried(self, event: StepRetry) -> None:
         self.end_line()
@@ -245,6 +266,24 @@ class PlainView(View):
     def progressed(self, call: ToolCallState) -> None:
         self.end_line()
         self.write(f"    {self.symbols.dot} {call.name}: {_progress_text(call.last_progress)}\n")
+
+    def nested(self, call: ToolCallState, event: ToolProgress) -> None:
+        # A sub-agent's run, indented under its call: its tool calls as they end, and
+        # its text once each of its steps is done.
+        inner = event.innermost
+        pad = "    " * (event.depth + 1)
+        s = self.symbols
+        if isinstance(inner, ToolCallEnded):
+            mark = s.ok if inner.error is None else s.failed
+            result = one_line(inner.output if inner.error is None else inner.error)
+            self.end_line()
+            self.write(f"{pad}{mark} {inner.name} {s.arrow} {result}\n")
+        elif isinstance(inner, StepCompleted):
+            for message in inner.outcome.messages:
+                text = getattr(message, "content", None)
+                if message.role == "assistant" and text:
+                    self.end_line()
+                    self.write(f"{pad}{call.name}: {one_line(text, 100)}\n")
 
 
 class LiveView(View):
@@ -319,6 +358,8 @@ class LiveView(View):
                 tail = f"{s.arrow} {_result(call)}"
             elif call.status is ToolCallStatus.REQUESTED:
                 tail = f"writing arguments{s.ellipsis}"
+            elif call.nested is not None:
+                tail = _nested_tail(call, s)
             elif call.progress:
                 tail = _progress_text(call.last_progress)
             else:

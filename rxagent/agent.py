@@ -13,11 +13,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mappi
 from concurrent.futures import Executor
 from typing import Any
 
-from reactivex import Observable, Observer, abc
+from reactivex import Observable, abc
 from reactivex import operators as rx_ops
 from reactivex.disposable import Disposable
 
 from rxagent.aio import (
+    DirectObservable,
     call_on,
     current_loop,
     from_async_iterable,
@@ -27,13 +28,16 @@ from rxagent.aio import (
 from rxagent.errors import AgentError, ApprovalError, ToolArgumentsError
 from rxagent.events import AgentEvent, AgentRun, RunCompleted, RunStarted
 from rxagent.messages import Conversation, ConversationInput, ToolCallStatus
+from rxagent.ops._collect import missing_end
+from rxagent.ops._fan_out import ToolContext
 from rxagent.ops._step import BeforeHook, StepConfig
 from rxagent.ops._until import run_steps
 from rxagent.output import OutputSpec
 from rxagent.policies import Policy, StopReason, max_steps, until_no_tool_calls
 from rxagent.providers.base import Provider
 from rxagent.state import RunState
-from rxagent.tools import JoinPolicy, ToolRegistry, ToolsInput
+from rxagent.subagents import agent_tool
+from rxagent.tools import JoinPolicy, Tool, ToolRegistry, ToolsInput
 
 __all__ = ["DEFAULT_POLICY", "AfterHook", "Agent", "Run", "collect_final"]
 
@@ -67,6 +71,15 @@ class Agent:
     back to the model with the errors, up to ``output_retries`` times (each an
     ``OutputRetry`` event); past that the run fails with ``OutputValidationError``.
 
+    ``tool_context(call)`` (a function returning a context manager) is entered
+    around starting each tool call, so the context variables it sets reach the tool,
+    in its task or its worker thread: how tracing (``rxagent.otel``) makes a tool's
+    own spans children of its ``execute_tool`` span.
+
+    ``run_operator`` (an operator on a run's events) is applied to each run's events
+    before they are shared: it sees every run once, however many observe it (how
+    ``rxagent.otel.instrument`` makes one trace per run).
+
     ``before(messages)`` may rewrite the messages of each provider request (trim,
     inject context) and ``after(run)`` sees each finished run (log, store); both
     are plain functions or coroutine functions. ``before`` changes what is sent,
@@ -92,6 +105,8 @@ class Agent:
         after: AfterHook | None = None,
         name: str | None = None,
         scheduler: abc.SchedulerBase | None = None,
+        tool_context: ToolContext | None = None,
+        run_operator: Callable[[Observable[AgentEvent]], Observable[AgentEvent]] | None = None,
     ) -> None:
         #: The agent's name (for sub-agents, handoffs and logs); ``None`` when unnamed.
         self.name = name
@@ -110,11 +125,14 @@ class Agent:
             ),
             before=before,
             scheduler=scheduler,
+            tool_context=tool_context,
         )
         self.policy = policy or DEFAULT_POLICY
         self.after = after
         #: The clock of tool timeouts and of the run's time budget (default: asyncio's).
         self.scheduler = scheduler
+        #: Applied to each run's events before they are shared (``None``: nothing).
+        self.run_operator = run_operator
 
     # The options, as attributes (read-only: make a new Agent to change one).
     @property
@@ -149,6 +167,18 @@ class Agent:
     def before(self) -> BeforeHook | None:
         return self.config.before
 
+    def as_tool(self, name: str | None = None, description: str | None = None) -> Tool[..., Any]:
+        """This agent as a tool another agent calls with ``input`` (a task, a question).
+
+        The sub-run's events reach the caller's stream as they happen, each as a
+        ``ToolProgress`` whose ``event`` is the nested event (``depth`` says how deep);
+        its final text, or structured output, is the tool's output; its tokens count
+        in the caller's usage and budgets; cancelling either run cancels the other. A
+        sub-agent that pauses for approval is refused with a clear error (see
+        :func:`rxagent.subagents.agent_tool`). ``name`` defaults to the agent's name.
+        """
+        return agent_tool(self, name=name, description=description)
+
     def __repr__(self) -> str:
         label = f" {self.name!r}" if self.name else ""
         return f"<Agent{label} on {self.provider!r} with {len(self.tools)} tool(s)>"
@@ -180,9 +210,16 @@ class Agent:
         """One run's events on ``conversation`` (cold, not multicast)."""
         config = self.config if cancel is None else dataclasses.replace(self.config, cancel=cancel)
         events = run_steps(
-            config, self.policy, conversation, scheduler=self.scheduler, interrupt=interrupt
+            config,
+            self.policy,
+            conversation,
+            scheduler=self.scheduler,
+            interrupt=interrupt,
+            agent=self.name,
         )
-        return events if self.after is None else events.pipe(_after(self.after))
+        if self.after is not None:
+            events = events.pipe(_after(self.after))
+        return events if self.run_operator is None else events.pipe(self.run_operator)
 
     def run(self, input: ConversationInput) -> Run:
         """A run on ``input`` (text, messages or a Conversation); it starts when observed.
@@ -233,37 +270,35 @@ class Agent:
         return self.run(input).result(timeout=timeout)
 
 
-class _Subscriber:
-    __slots__ = ("active", "observer")
+class _Subscriber(abc.DisposableBase):
+    """One observer of a run; disposing it detaches it, on the run's loop."""
 
-    def __init__(self, observer: abc.ObserverBase[AgentEvent]) -> None:
+    __slots__ = ("active", "observer", "run")
+
+    def __init__(self, observer: abc.ObserverBase[AgentEvent], run: Run) -> None:
         self.observer = observer
         self.active = True
+        self.run = run
+
+    def attach(self) -> None:
+        self.run._attach(self)
+
+    def dispose(self) -> None:
+        loop = self.run._loop
+        if loop is not None and self.active:
+            call_on(loop, self.detach)
+
+    def detach(self) -> None:
+        self.run._detach(self)
 
 
-class _Latch(Observable[None]):
+class _Latch(DirectObservable[None]):
     """Fires once; an observer that subscribes after that hears it at once.
 
     A run's cancellation must not be lost when it happens between two steps (the
     next step subscribes after it), so it is a latch, not a plain Subject. Every
-    step of every run subscribes to one, so ``subscribe`` skips what
-    ``Observable.subscribe`` adds for arbitrary sources (auto-detaching observers,
-    the trampoline): a latch only ever calls ``on_next`` once, synchronously.
+    step of every run subscribes to one, directly (see ``DirectObservable``).
     """
-
-    def subscribe(
-        self,
-        on_next: abc.ObserverBase[None] | Callable[[None], None] | None = None,
-        on_error: Callable[[Exception], None] | None = None,
-        on_completed: Callable[[], None] | None = None,
-        *,
-        scheduler: abc.SchedulerBase | None = None,
-    ) -> abc.DisposableBase:
-        if on_next is None:
-            return Disposable()
-        if not callable(on_next):
-            return self._subscribe_core(on_next)
-        return self._subscribe_core(Observer(on_next))
 
     def __init__(self) -> None:
         super().__init__()
@@ -292,7 +327,7 @@ class _Latch(Observable[None]):
         return Disposable(dispose)
 
 
-class Run(Observable[AgentEvent]):
+class Run(DirectObservable[AgentEvent]):
     """One agent run: an Observable of its events, shared by every observer.
 
     The run starts when first subscribed and makes one provider call per step
@@ -391,15 +426,15 @@ class Run(Observable[AgentEvent]):
     def _subscribe_core(
         self, observer: abc.ObserverBase[AgentEvent], scheduler: abc.SchedulerBase | None = None
     ) -> abc.DisposableBase:
-        subscriber = _Subscriber(observer)
+        subscriber = _Subscriber(observer, self)
         if self._state == "done":
             # A finished run never changes: replay it here, whatever became of its loop.
             self._attach(subscriber)
             return Disposable()
         loop = self._bind()
         _check_alive(loop)
-        call_on(loop, lambda: self._attach(subscriber))
-        return Disposable(lambda: call_on(loop, lambda: self._detach(subscriber)))
+        call_on(loop, subscriber.attach)
+        return subscriber
 
     def _bind(self) -> asyncio.AbstractEventLoop:
         with self._bind_lock:
@@ -545,7 +580,10 @@ class Run(Observable[AgentEvent]):
         return last
 
     def result(self, timeout: float | None = None) -> AgentRun:
-        """Block until the run ends and return it; not from the run's own event loop."""
+        """Block until the run ends and return it; not from the run's own event loop.
+
+        As with :func:`collect_final`, its ``messages`` are your own copy.
+        """
         if self._state == "done":
             return _final_of(self._events, self._error)
         loop = self._bind()
@@ -575,8 +613,8 @@ def _final_of(events: list[AgentEvent], error: Exception | None) -> AgentRun:
         raise error
     for event in reversed(events):
         if type(event) is RunCompleted:
-            return event.run
-    raise AgentError("the stream ended without a RunCompleted event")
+            return event.run.editable()
+    raise missing_end()
 
 
 async def collect_final(source: Observable[AgentEvent]) -> AgentRun:
@@ -584,6 +622,10 @@ async def collect_final(source: Observable[AgentEvent]) -> AgentRun:
 
     A failed run raises its ``AgentError`` (with ``partial`` set). Cancelling
     the awaiting task disposes the subscription.
+
+    The result's ``messages`` are a writable copy of the run's conversation, yours
+    to approve, reject or extend and run again; the run's own record (its
+    ``RunCompleted`` event, what a late subscriber replays) never changes.
     """
     loop = asyncio.get_running_loop()
     future: asyncio.Future[AgentRun] = loop.create_future()
@@ -599,9 +641,9 @@ async def collect_final(source: Observable[AgentEvent]) -> AgentRun:
         if error is not None:
             future.set_exception(error)
         elif final:
-            future.set_result(final[-1])
+            future.set_result(final[-1].editable())
         else:
-            future.set_exception(AgentError("the stream ended without a RunCompleted event"))
+            future.set_exception(missing_end())
 
     subscription = source.subscribe(
         on_next,

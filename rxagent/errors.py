@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from rxagent._text import sendable
+
 if TYPE_CHECKING:
     from rxagent.events import AgentRun
 
@@ -20,8 +22,10 @@ __all__ = [
     "OutputValidationError",
     "ProviderError",
     "ToolArgumentsError",
+    "ToolCancelled",
     "ToolError",
     "ToolExecutionError",
+    "ToolOutputError",
     "ToolTimeoutError",
     "ToolsFailed",
     "UnknownToolError",
@@ -29,17 +33,24 @@ __all__ = [
 
 
 class AgentError(Exception):
-    """Base of every error a run reports; ``partial`` is the run so far."""
+    """Base of every error a run reports; ``partial`` is the run so far.
+
+    The message is made sendable (a lone surrogate, as in a file name quoted from
+    ``os.listdir``, becomes U+FFFD): it may reach the model as a tool message, and
+    observers as JSON.
+    """
 
     def __init__(self, message: str, *, partial: AgentRun | None = None) -> None:
+        message = sendable(message)
         super().__init__(message)
         self.message = message
         self.partial: AgentRun | None = partial
 
 
 class ApprovalError(AgentError, ValueError):
-    """A human-in-the-loop misuse: approving an unknown or already decided call, edited
-    arguments that do not fit, resuming a conversation that cannot be resumed."""
+    """A human-in-the-loop misuse: deciding on an unknown call or one that already ran, or
+    on a run's read-only record; edited arguments that do not fit; resuming a
+    conversation that cannot be resumed."""
 
 
 class OutputValidationError(AgentError):
@@ -90,16 +101,28 @@ class ToolError(AgentError):
         self.tool_name = tool_name
 
 
+class ToolCancelled(ToolError):
+    """The call was cancelled from its other side (a sub-agent's run was cancelled);
+    the step, and the run, are cancelled with it."""
+
+
 class UnknownToolError(ToolError):
     """The model called a tool the agent does not have."""
 
 
 class ToolArgumentsError(ToolError):
-    """A call's arguments are not JSON, or do not fit the tool's schema."""
+    """A call's arguments are not JSON (or are nested too deeply to read), or do not fit
+    the tool's schema; the tool never ran."""
 
 
 class ToolExecutionError(ToolError):
     """The tool raised; the original exception is ``__cause__``."""
+
+
+class ToolOutputError(ToolError):
+    """The tool ran, but what it returned (or reported as progress) cannot be turned
+    into JSON: bytes that are not UTF-8 text, a dict that holds itself, ... The message
+    names the type; the original exception is ``__cause__``."""
 
 
 class ToolTimeoutError(ToolError):

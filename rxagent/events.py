@@ -14,12 +14,20 @@ from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from rxagent.messages import AssistantMessage, Conversation, ToolCall, ToolCallStatus, Usage
+from rxagent.messages import (
+    AssistantMessage,
+    Conversation,
+    ConversationRecord,
+    ToolCall,
+    ToolCallStatus,
+    Usage,
+)
 from rxagent.policies import PauseReason, StepOutcome, StopReason
 
 __all__ = [
     "AgentEvent",
     "AgentRun",
+    "Handoff",
     "Paused",
     "ReasoningDelta",
     "RunCompleted",
@@ -49,11 +57,17 @@ def _now() -> float:
 
 
 class AgentRun(BaseModel):
-    """The result of a run: its conversation, steps, stop reason, usage, output."""
+    """The result of a run: its conversation, steps, stop reason, usage, output.
+
+    A run's record (as ``RunCompleted.run``, or a failure's ``partial``) never
+    changes: its ``messages`` is a read-only conversation. ``ra.collect_final``,
+    ``run.result()`` and ``agent.run_sync()`` give you :meth:`editable` copies, whose
+    ``messages`` are yours to approve, reject and extend.
+    """
 
     model_config = ConfigDict(frozen=True)
 
-    messages: Conversation = Field(default_factory=Conversation)
+    messages: ConversationRecord = Field(default_factory=Conversation, validate_default=True)
     steps: int = 0
     stop: StopReason = StopReason.NO_TOOL_CALLS
     usage: Usage = Usage()
@@ -74,6 +88,11 @@ class AgentRun(BaseModel):
     def last_message(self) -> AssistantMessage | None:
         return self.messages.last_assistant
 
+    def editable(self) -> AgentRun:
+        """This run with a writable copy of its conversation (``messages.copy()``); the
+        run it came from stays as it was recorded."""
+        return self.model_copy(update={"messages": self.messages.copy()})
+
 
 class _Event(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -89,7 +108,21 @@ class RunStarted(_Event):
     """
 
     type: Literal["run_started"] = "run_started"
-    input: Conversation = Field(default_factory=Conversation)
+    input: ConversationRecord = Field(default_factory=Conversation, validate_default=True)
+    #: The name of the agent running (``Agent(name=...)``), where it has one.
+    agent: str | None = None
+    at: float = Field(default_factory=_now)
+
+
+class Handoff(_Event):
+    """The run goes on with another agent (its provider, tools and instructions), the
+    model having called a handoff tool (``ra.handoff(agent)``); the run's policy and
+    budgets go on counting across agents."""
+
+    type: Literal["handoff"] = "handoff"
+    from_agent: str | None
+    to_agent: str
+    call_id: str
     at: float = Field(default_factory=_now)
 
 
@@ -134,11 +167,27 @@ class ToolCallStarted(_Event):
 
 
 class ToolProgress(_Event):
-    """An item a streaming tool produced before its result."""
+    """An item a streaming tool produced before its result.
+
+    For a tool that is an agent (``agent.as_tool()``), each event of the sub-agent's
+    run arrives as it happens in ``event`` (``data`` is then ``None``), and ``depth``
+    says how deep the innermost event is: 1 for the sub-agent's own events, 2 for
+    its sub-agent's, ... (0 for a plain tool's progress).
+    """
 
     type: Literal["tool_progress"] = "tool_progress"
     call_id: str
-    data: Any
+    data: Any = None
+    event: AgentEvent | None = None
+    depth: int = 0
+
+    @property
+    def innermost(self) -> AgentEvent | None:
+        """The sub-agent event this progress carries, unwrapped from every level."""
+        event = self.event
+        while isinstance(event, ToolProgress) and event.event is not None:
+            event = event.event
+        return event
 
 
 class ToolCallPending(_Event):
@@ -159,6 +208,8 @@ class ToolCallEnded(_Event):
 
     ``status`` is ``completed``, ``failed``, or ``rejected`` (refused by an approval
     strategy or a human; ``error`` then holds the refusal the model reads).
+    ``error_type`` names the class of a failed call's error (``ToolExecutionError``,
+    ``ToolTimeoutError``, ``UnknownToolError``, ``ToolArgumentsError``, ...).
     """
 
     type: Literal["tool_call_ended"] = "tool_call_ended"
@@ -166,6 +217,7 @@ class ToolCallEnded(_Event):
     name: str
     output: Any = None
     error: str | None = None
+    error_type: str | None = None
     status: ToolCallStatus = ToolCallStatus.COMPLETED
     at: float = Field(default_factory=_now)
 
@@ -243,6 +295,7 @@ class RunFailed(_Event):
 AgentEvent: TypeAlias = Annotated[
     RunStarted
     | StepStarted
+    | Handoff
     | TextDelta
     | ReasoningDelta
     | ToolArgsDelta
@@ -260,6 +313,8 @@ AgentEvent: TypeAlias = Annotated[
     | RunFailed,
     Field(discriminator="type"),
 ]
+
+ToolProgress.model_rebuild()
 
 _adapter: TypeAdapter[AgentEvent] = TypeAdapter(AgentEvent)
 

@@ -131,18 +131,44 @@ def _cells(call: ToolCallState, now: float) -> tuple[str, ...]:
 
 
 def render_text(state: RunState, now: float | None = None) -> str:
-    """The whole state as plain text: a summary line, the text, a table of calls."""
+    """The whole state as plain text: a summary line, the text, a table of calls.
+
+    A call to a sub-agent shows that agent's run under its row, indented: its text
+    and its own calls (and theirs, deeper)."""
     now = time.time() if now is None else now
     lines = [f"rxagent run · {summary(state, now)}"]
     if state.text:
         lines.append(state.text)
     if state.calls:
-        table = [_COLUMNS, *(_cells(call, now) for call in state.calls.values())]
+        calls = list(state.calls.values())
+        table = [_COLUMNS, *(_cells(call, now) for call in calls)]
         widths = [max(len(r[i]) for r in table) for i in range(len(_COLUMNS))]
-        for r in table:
+        for i, r in enumerate(table):
             cells = (c.ljust(w) for c, w in zip(r, widths, strict=True))
             lines.append(("  " + "  ".join(cells)).rstrip())
+            if i and calls[i - 1].nested is not None:
+                lines += _nested_lines(calls[i - 1], now, "      ")
     return "\n".join(lines)
+
+
+def _nested_lines(call: ToolCallState, now: float, indent: str) -> list[str]:
+    """A sub-agent's run under its call's row: its text, then its calls, indented."""
+    nested = call.nested
+    if nested is None:
+        return []
+    out = []
+    text = one_line(nested.text, 100, ellipsis="…") if nested.text else ""
+    out.append(f"{indent}↳ {call.name} · {nested.status.value}" + (f": {text}" if text else ""))
+    for inner in nested.calls.values():
+        elapsed = inner.elapsed(now)
+        timing = "" if elapsed is None else f" {elapsed:.2f} s"
+        result = result_preview(inner)
+        out.append(
+            f"{indent}  {inner.name}({arguments_preview(inner)}) {label(inner)}{timing}"
+            + (f" {result}" if result else "")
+        )
+        out += _nested_lines(inner, now, indent + "    ")
+    return out
 
 
 def render_html(state: RunState, now: float | None = None) -> str:
@@ -176,6 +202,13 @@ def render_html(state: RunState, now: float | None = None) -> str:
                 f"<td {cell}>{html.escape(result)}</td>"
                 "</tr>"
             )
+            if call.nested is not None:
+                # The sub-agent's run, nested under its call's row.
+                out.append(
+                    f'<tr data-nested-for="{html.escape(call.call_id)}"><td></td>'
+                    '<td colspan="5" style="border-left: 2px solid #ccc; padding-left: 8px">'
+                    f"{render_html(call.nested, now)}</td></tr>"
+                )
         out.append("</table>")
     out.append("</div>")
     return "".join(out)

@@ -4,6 +4,17 @@ Messages are frozen pydantic models; a :class:`Conversation` is the mutable,
 ordered list of them that a run reads and extends. A conversation converts to
 and from OpenAI chat-completions message dicts and round-trips through JSON, so
 it can be stored between runs (a paused run, for instance).
+
+Text is made sendable where it enters a message: a lone surrogate (what
+``os.listdir`` gives for a file name that is not valid UTF-8, ``"caf\\udce9"``)
+becomes the replacement character U+FFFD, so that a conversation always encodes
+as UTF-8 and can be sent, stored and streamed as JSON.
+
+The conversation of a finished run, as its events hold it (``RunCompleted.run``,
+``RunStarted.input``, a failed run's ``partial``), is a read-only record: it
+refuses ``approve``, ``reject``, ``append`` and ``extend``, and ``copy()`` gives
+a writable conversation to go on with. ``ra.collect_final(run)`` and
+``run.result()`` hand the caller such a copy.
 """
 
 from __future__ import annotations
@@ -14,8 +25,17 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeAlias, overload
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    RootModel,
+    TypeAdapter,
+    ValidationError,
+)
 
+from rxagent._text import sendable, sendable_data
 from rxagent.errors import ApprovalError
 
 __all__ = [
@@ -23,6 +43,7 @@ __all__ = [
     "OpenTurn",
     "Conversation",
     "ConversationInput",
+    "ConversationRecord",
     "Message",
     "SystemMessage",
     "ToolCall",
@@ -35,6 +56,10 @@ __all__ = [
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+#: Text as it enters a message: lone surrogates become U+FFFD (see ``_text.sendable``).
+Text = Annotated[str, AfterValidator(sendable)]
 
 
 class Usage(_Frozen):
@@ -95,20 +120,21 @@ class ToolCall(_Frozen):
     run sets it as the call goes through its life.
     """
 
-    id: str
-    name: str
-    arguments: str = "{}"
+    id: Text
+    name: Text
+    arguments: Text = "{}"
     status: ToolCallStatus = ToolCallStatus.COMPLETED
     #: Why the call waits, or why it was rejected (a strategy's or a human's words).
-    reason: str | None = None
+    reason: Text | None = None
     #: For a deferred call: the time (``time.time()``) from which it may run.
     not_before: float | None = None
     #: The model's own arguments, when a human approved the call with edited ones.
-    original_arguments: str | None = None
+    original_arguments: Text | None = None
 
     def parsed_arguments(self) -> Any:
-        """The arguments as JSON data (raises ``ValueError`` if they are not JSON)."""
-        return json.loads(self.arguments) if self.arguments.strip() else {}
+        """The arguments as JSON data (raises ``ValueError`` if they are not JSON, or
+        are nested too deeply to read)."""
+        return _parse_json(self.arguments) if self.arguments.strip() else {}
 
     def with_status(self, status: ToolCallStatus) -> ToolCall:
         return self.model_copy(update={"status": status})
@@ -116,29 +142,29 @@ class ToolCall(_Frozen):
 
 class SystemMessage(_Frozen):
     role: Literal["system"] = "system"
-    content: str
+    content: Text
 
 
 class UserMessage(_Frozen):
     role: Literal["user"] = "user"
     #: Plain text, or OpenAI content parts (text, images) as dicts.
-    content: str | tuple[dict[str, Any], ...]
+    content: Annotated[str | tuple[dict[str, Any], ...], AfterValidator(sendable_data)]
 
 
 class AssistantMessage(_Frozen):
     role: Literal["assistant"] = "assistant"
-    content: str | None = None
+    content: Text | None = None
     tool_calls: tuple[ToolCall, ...] = ()
     #: Reasoning text, where the provider streamed it (not sent back to the model).
-    reasoning: str | None = None
+    reasoning: Text | None = None
     #: Structured (JSON) values the provider emitted during this turn, in order.
-    structured: tuple[Any, ...] = ()
+    structured: Annotated[tuple[Any, ...], AfterValidator(sendable_data)] = ()
 
 
 class ToolMessage(_Frozen):
     role: Literal["tool"] = "tool"
-    tool_call_id: str
-    content: str
+    tool_call_id: Text
+    content: Text
     #: True when ``content`` reports a failure (an error, a rejection, a cancellation).
     is_error: bool = False
 
@@ -163,6 +189,37 @@ def _coerce_message(item: Any) -> Message:
     raise TypeError(f"not a message: {item!r}")
 
 
+_READ_ONLY = (
+    "this conversation is the record of a run (its events hold it) and does not change; "
+    "work on a copy: `conversation = messages.copy()`"
+)
+
+
+class _RecordList(list[Message]):
+    """The messages of a read-only conversation: a list that refuses every change.
+
+    A ``list`` subclass, so pydantic serialises it and ``isinstance(x, list)`` code
+    reads it as before; copies (``copy``, ``deepcopy``, ``pickle``) stay read-only.
+    """
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(_READ_ONLY)
+
+    append = extend = insert = pop = remove = clear = sort = reverse = _refuse
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+
+    def __copy__(self) -> _RecordList:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _RecordList:
+        return self  # its messages are frozen: a deep copy would be the same
+
+    def __reduce__(self) -> tuple[type[_RecordList], tuple[list[Message]]]:
+        return _RecordList, (list(self),)
+
+
 class Conversation(RootModel[list[Message]]):
     """An ordered, mutable list of messages.
 
@@ -170,6 +227,10 @@ class Conversation(RootModel[list[Message]]):
     to OpenAI message dicts with :meth:`to_openai` and back with
     :meth:`from_openai`, and round-trips through :meth:`to_json` /
     :meth:`from_json`.
+
+    The conversation a run's events hold is a read-only record (``read_only``):
+    ``approve``, ``reject``, ``append`` and ``extend`` on it raise, and
+    :meth:`copy` gives a writable conversation with the same messages.
     """
 
     root: list[Message] = Field(default_factory=list)
@@ -177,13 +238,22 @@ class Conversation(RootModel[list[Message]]):
     # -- construction -----------------------------------------------------------
     @classmethod
     def of(cls, value: ConversationInput) -> Conversation:
-        """A new conversation from text (one user message), messages, or dicts."""
+        """A new (writable) conversation from text (one user message), messages, or dicts.
+
+        From dicts (OpenAI's format, or rxagent's own), a tool call of the last
+        assistant turn that no tool message answers is taken as waiting for a
+        decision (``pending``), as :meth:`from_openai` does.
+        """
         if isinstance(value, Conversation):
             return cls.of_messages(value.root)
         if isinstance(value, str):
             return cls([UserMessage(content=value)])
         if isinstance(value, Iterable):
-            return cls([_coerce_message(m) for m in value])
+            items = list(value)
+            messages = [_coerce_message(m) for m in items]
+            if any(isinstance(m, Mapping) for m in items):
+                _infer_waiting(messages)
+            return cls(messages)
         raise TypeError(
             "a run's input is a str, a Conversation, or a list of messages; "
             f"got {type(value).__name__}"
@@ -197,8 +267,19 @@ class Conversation(RootModel[list[Message]]):
 
     @classmethod
     def from_openai(cls, messages: Iterable[Mapping[str, Any]]) -> Conversation:
-        """A conversation from OpenAI chat-completions message dicts."""
-        return cls([_from_openai_message(m) for m in messages])
+        """A conversation from OpenAI chat-completions message dicts.
+
+        The format has no place for a call's status, so it is inferred: a tool
+        call of the last assistant turn that no tool message answers, with
+        nothing but tool messages after that turn, waits for a decision
+        (``pending``); every other call is ``completed``. A paused run stored with
+        :meth:`to_openai` thus resumes (decide on its calls after loading: an
+        approval, edited arguments or a schedule made before storing is not part
+        of the format). A ``status`` key on a tool call dict is kept.
+        """
+        converted = [_from_openai_message(m) for m in messages]
+        _infer_waiting(converted)
+        return cls(converted)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Conversation:
@@ -242,10 +323,24 @@ class Conversation(RootModel[list[Message]]):
         self.root.extend(messages)
 
     def copy(self) -> Conversation:  # type: ignore[override]
+        """A writable conversation with the same messages (they are frozen: nothing
+        deep is copied)."""
         return Conversation.of_messages(self.root)
 
     def __add__(self, other: Iterable[Message]) -> Conversation:
         return Conversation([*self.root, *other])
+
+    # -- records ----------------------------------------------------------------
+    @property
+    def read_only(self) -> bool:
+        """Whether this is a run's record, which never changes (see :meth:`copy`)."""
+        return type(self.root) is _RecordList
+
+    def as_record(self) -> Conversation:
+        """A read-only conversation with the same messages (``self`` if it is one)."""
+        if self.read_only:
+            return self
+        return Conversation.model_construct(_RecordList(self.root))
 
     # -- human in the loop -------------------------------------------------------
     @property
@@ -255,36 +350,42 @@ class Conversation(RootModel[list[Message]]):
         return [c for c in turn.unanswered if c.status is ToolCallStatus.PENDING] if turn else []
 
     def approve(self, call_id: str, *, arguments: Mapping[str, Any] | str | None = None) -> None:
-        """Approve a pending call, optionally with edited ``arguments``; it runs on resume.
+        """Approve a waiting call, optionally with edited ``arguments``; it runs on resume.
 
         The edited arguments must be a JSON object; they are checked against the
         tool's schema when the run resumes (``agent.run`` raises at once if they do
         not fit). The model's own arguments are kept in ``original_arguments``.
+        Until the call has run, a new decision replaces the old one: approve
+        again with other arguments, or reject it.
         """
-        index, position, call = self._pending_call(call_id, "approve")
-        update: dict[str, Any] = {"status": ToolCallStatus.APPROVED}
+        index, position, call = self._undecided_call(call_id, "approve")
+        model_arguments = call.original_arguments or call.arguments
+        update: dict[str, Any] = {
+            "status": ToolCallStatus.APPROVED,
+            "arguments": model_arguments,
+            "original_arguments": None,
+        }
+        if call.status is ToolCallStatus.REJECTED:
+            update["reason"] = None  # the refusal no longer holds
         if arguments is not None:
-            text = arguments if isinstance(arguments, str) else json.dumps(dict(arguments))
-            try:
-                parsed = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise ApprovalError(
-                    f"the edited arguments for call {call_id!r} are not JSON: {error.msg}"
-                ) from None
-            if not isinstance(parsed, dict):
-                raise ApprovalError(f"the edited arguments for call {call_id!r} must be an object")
-            update["arguments"] = text
-            update["original_arguments"] = call.original_arguments or call.arguments
+            update["arguments"] = _edited_arguments(call_id, arguments)
+            update["original_arguments"] = model_arguments
         self._replace_call(index, position, call.model_copy(update=update))
 
     def reject(self, call_id: str, reason: str = "The user declined this call.") -> None:
-        """Reject a pending call: it never runs, and the model reads ``reason`` on resume."""
-        index, position, call = self._pending_call(call_id, "reject")
-        self._replace_call(
-            index,
-            position,
-            call.model_copy(update={"status": ToolCallStatus.REJECTED, "reason": reason}),
-        )
+        """Reject a waiting call: it never runs, and the model reads ``reason`` on resume.
+
+        Until the call has run, a new decision replaces the old one (an approval
+        with edited arguments is dropped: the model's arguments are kept).
+        """
+        index, position, call = self._undecided_call(call_id, "reject")
+        update = {
+            "status": ToolCallStatus.REJECTED,
+            "reason": sendable(reason),
+            "arguments": call.original_arguments or call.arguments,
+            "original_arguments": None,
+        }
+        self._replace_call(index, position, call.model_copy(update=update))
 
     def open_turn(self) -> OpenTurn | None:
         """The last assistant turn, when some of its calls have no tool message yet.
@@ -293,62 +394,44 @@ class Conversation(RootModel[list[Message]]):
         resumed: messages other than its tool messages follow it, or a call
         without an answer is neither pending, approved nor rejected.
         """
-        for index in range(len(self.root) - 1, -1, -1):
-            message = self.root[index]
-            if isinstance(message, AssistantMessage):
-                break
-        else:
+        found = _last_turn(self.root)
+        if found is None:
             return None
-        if not message.tool_calls:
-            return None
-        ids = {c.id for c in message.tool_calls}
-        answers: dict[str, ToolMessage] = {}
-        for later in self.root[index + 1 :]:
-            if isinstance(later, ToolMessage) and later.tool_call_id in ids:
-                answers.setdefault(later.tool_call_id, later)
-        unanswered = [c for c in message.tool_calls if c.id not in answers]
-        if not unanswered:
-            return None
-        if any(
-            not (isinstance(m, ToolMessage) and m.tool_call_id in ids)
-            for m in self.root[index + 1 :]
-        ):
+        turn, only_answers_follow = found
+        if not only_answers_follow:
             raise ApprovalError(
                 "messages follow tool calls that still wait for a decision "
-                f"({', '.join(c.id for c in unanswered)}); approve or reject them and resume "
-                "before adding messages"
+                f"({', '.join(c.id for c in turn.unanswered)}); approve or reject them and "
+                "resume before adding messages"
             )
-        for call in unanswered:
+        for call in turn.unanswered:
             if call.status not in _RESUMABLE:
                 raise ApprovalError(
                     f"call {call.id!r} has no tool message and is {call.status.value}; only "
                     "pending, approved or rejected calls can be resumed"
                 )
-        return OpenTurn(index, message, answers, unanswered)
+        return turn
 
-    def _pending_call(self, call_id: str, verb: str) -> tuple[int, int, ToolCall]:
-        """The message index, the position in it, and the call: a pending call of the
-        open turn (the only turn a resume acts on)."""
+    def _undecided_call(self, call_id: str, verb: str) -> tuple[int, int, ToolCall]:
+        """The message index, the position in it, and the call: a call of the open turn
+        (the only turn a resume acts on) that has not run yet."""
+        if self.read_only:
+            raise ApprovalError(f"cannot {verb} call {call_id!r}: {_READ_ONLY}")
         turn = self.open_turn()
         if turn is not None:
             for position, call in enumerate(turn.assistant.tool_calls):
                 if call.id == call_id and call_id not in turn.answers:
-                    if call.status is not ToolCallStatus.PENDING:
-                        raise ApprovalError(
-                            f"cannot {verb} call {call_id!r}: it is {call.status.value}, "
-                            "not pending"
-                        )
                     return turn.index, position, call
         found = self.find_tool_call(call_id)
-        waiting = ", ".join(c.id for c in self.pending) or "none"
+        open_calls = ", ".join(c.id for c in turn.unanswered) if turn is not None else ""
+        open_calls = f"(calls that have not run and can be decided: {open_calls or 'none'})"
         if found is not None:
             raise ApprovalError(
                 f"cannot {verb} call {call_id!r}: it is {found.status.value} and not waiting "
-                f"in the last turn (calls waiting for a decision: {waiting})"
+                f"in the last turn {open_calls}"
             )
         raise ApprovalError(
-            f"cannot {verb} call {call_id!r}: the model made no such call "
-            f"(calls waiting for a decision: {waiting})"
+            f"cannot {verb} call {call_id!r}: the model made no such call {open_calls}"
         )
 
     def _replace_call(self, index: int, position: int, call: ToolCall) -> None:
@@ -377,6 +460,10 @@ class Conversation(RootModel[list[Message]]):
         return None
 
 
+#: A conversation held as a run's record (by an event): read-only once validated.
+ConversationRecord = Annotated[Conversation, AfterValidator(Conversation.as_record)]
+
+
 _RESUMABLE = frozenset({ToolCallStatus.PENDING, ToolCallStatus.APPROVED, ToolCallStatus.REJECTED})
 
 
@@ -391,6 +478,80 @@ class OpenTurn:
     answers: Mapping[str, ToolMessage]
     #: Its calls without a tool message, in call order.
     unanswered: list[ToolCall]
+
+
+def _last_turn(messages: Sequence[Message]) -> tuple[OpenTurn, bool] | None:
+    """The last assistant turn, when some of its calls have no tool message, and whether
+    nothing but tool messages for its calls follows it."""
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
+        if isinstance(message, AssistantMessage):
+            break
+    else:
+        return None
+    if not message.tool_calls:
+        return None
+    ids = {c.id for c in message.tool_calls}
+    answers: dict[str, ToolMessage] = {}
+    only_answers = True
+    for later in messages[index + 1 :]:
+        if isinstance(later, ToolMessage) and later.tool_call_id in ids:
+            answers.setdefault(later.tool_call_id, later)
+        else:
+            only_answers = False
+    unanswered = [c for c in message.tool_calls if c.id not in answers]
+    if not unanswered:
+        return None
+    return OpenTurn(index, message, answers, unanswered), only_answers
+
+
+def _infer_waiting(messages: list[Message]) -> None:
+    """Mark the unanswered calls at the end of a conversation read from a format that
+    has no statuses as waiting for a decision (in place): such a conversation can only
+    come from a paused run."""
+    found = _last_turn(messages)
+    if found is None or not found[1]:
+        return
+    turn = found[0]
+    unanswered = {c.id for c in turn.unanswered}
+    calls = tuple(
+        c.with_status(ToolCallStatus.PENDING)
+        if c.id in unanswered and c.status is ToolCallStatus.COMPLETED
+        else c
+        for c in turn.assistant.tool_calls
+    )
+    messages[turn.index] = turn.assistant.model_copy(update={"tool_calls": calls})
+
+
+def _parse_json(text: str) -> Any:
+    """``json.loads``, with text nested too deeply to read a ``ValueError`` too."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("the JSON is nested too deeply to read") from None
+
+
+def _edited_arguments(call_id: str, arguments: Mapping[str, Any] | str) -> str:
+    """A human's arguments for a call, as the JSON text of an object (made sendable)."""
+    if isinstance(arguments, str):
+        text = sendable(arguments)
+    else:
+        try:
+            text = json.dumps(sendable_data(dict(arguments)))
+        except (TypeError, ValueError) as error:
+            raise ApprovalError(
+                f"the edited arguments for call {call_id!r} are not JSON data: {error}"
+            ) from None
+    try:
+        parsed = _parse_json(text)
+    except ValueError as error:
+        detail = error.msg if isinstance(error, json.JSONDecodeError) else str(error)
+        raise ApprovalError(
+            f"the edited arguments for call {call_id!r} are not JSON: {detail}"
+        ) from None
+    if not isinstance(parsed, dict):
+        raise ApprovalError(f"the edited arguments for call {call_id!r} must be an object")
+    return text
 
 
 #: What a run accepts as input.

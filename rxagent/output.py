@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import from_json, to_jsonable_python
 
+from rxagent._text import sendable_data
 from rxagent.messages import UserMessage
 
 __all__ = ["OutputInvalid", "OutputSpec"]
@@ -39,8 +40,12 @@ _NOT_STRICT = frozenset(
     }
 )
 
-# A number (or true/false/null) still being written at the end of a partial JSON text.
+# A number (or true/false/null) still being written at the end of a partial JSON text,
+# outside any string.
 _OPEN_SCALAR = re.compile(r"[-+0-9.eE]+$|\b(t|tr|tru|f|fa|fal|fals|n|nu|nul)$")
+# A string delimiter, or an escape (which may escape a quote): JSON has backslashes only
+# inside strings, so the quotes found between escapes tell where strings open and close.
+_QUOTE_OR_ESCAPE = re.compile(r'\\.|"', re.S)
 
 
 class OutputInvalid(Exception):
@@ -92,11 +97,15 @@ class OutputSpec:
     def parse_partial(self, text: str) -> Any:
         """The best reading of a JSON text still streaming (``_NOTHING`` when none yet).
 
-        A number or literal still being written is left out, so that successive
-        snapshots only ever grow.
+        A number or literal still being written (``12`` may become ``123``, ``tr``
+        is not yet ``true``) is left out, so that successive snapshots only ever
+        grow; a string being written is read as far as it goes (the text inside a
+        string is never held back).
         """
+        if not _ends_in_string(text):
+            text = _OPEN_SCALAR.sub("", text)
         try:
-            value = from_json(_OPEN_SCALAR.sub("", text), allow_partial="trailing-strings")
+            value = from_json(text, allow_partial="trailing-strings")
         except ValueError:
             return _NOTHING
         if self.wrapped:
@@ -114,7 +123,12 @@ class OutputSpec:
         return self.validate_data(data, unwrap=True)
 
     def validate_data(self, data: Any, *, unwrap: bool = False) -> tuple[Any, Any]:
-        """Validate JSON data (``unwrap``: it is the wire form, maybe ``{"result": ...}``)."""
+        """Validate JSON data (``unwrap``: it is the wire form, maybe ``{"result": ...}``).
+
+        Text in it is made sendable first (lone surrogates become U+FFFD), as
+        everywhere text enters a conversation.
+        """
+        data = sendable_data(data)
         if unwrap and self.wrapped:
             if not isinstance(data, dict) or "result" not in data:
                 raise OutputInvalid('the answer must be an object with a "result" field')
@@ -138,6 +152,11 @@ class OutputSpec:
                 "Answer again with only JSON that fits the schema."
             )
         )
+
+
+def _ends_in_string(text: str) -> bool:
+    """Whether a partial JSON text ends inside a string (an odd number of quotes)."""
+    return _QUOTE_OR_ESCAPE.findall(text).count('"') % 2 == 1
 
 
 def grows(previous: Any, current: Any) -> bool:

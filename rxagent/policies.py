@@ -99,6 +99,10 @@ class StepOutcome(BaseModel):
     output: Any = None
     #: The answer did not fit ``output_type`` and the model is asked again.
     output_retry: bool = False
+    #: The model called a handoff tool: the run goes on with this agent (by name).
+    handoff: str | None = None
+    #: The id of the handoff call, where there was one.
+    handoff_call: str | None = None
     #: Wall-clock times (``time.time()``): the step began, the provider's stream ended
     #: (0 when it never did: a step cancelled or failed mid-stream, or a resumed turn
     #: that paused again), the step ended.

@@ -31,6 +31,7 @@ from rxagent.errors import ApprovalError
 from rxagent.events import (
     AgentEvent,
     AgentRun,
+    Handoff,
     Paused,
     ReasoningDelta,
     RunCompleted,
@@ -140,6 +141,9 @@ class ToolCallState:
     error: str | None = None
     progress: int = 0
     last_progress: Any = None
+    #: For a call to a sub-agent (``agent.as_tool()``): its run, folded from the nested
+    #: events as they arrive (its own calls carry their sub-agents' runs, and so on).
+    nested: RunState | None = None
 
     def evolve(self, **changes: Any) -> ToolCallState:
         """A copy with ``changes`` (as ``dataclasses.replace``, several times faster)."""
@@ -203,6 +207,8 @@ class RunState:
 
     #: Where the run is.
     status: RunStatus
+    #: The agent running (its name, where it has one; a handoff changes it).
+    agent: str | None
     #: The step under way, or the last one (0 before the first).
     step: int
     #: The phase of that step (``None`` before the first step).
@@ -250,6 +256,7 @@ class RunState:
     def __init__(self, input: ConversationInput = ()) -> None:
         messages = tuple(Conversation.of(input)) if input else ()
         self.status = RunStatus.QUEUED
+        self.agent = None
         self.step = 0
         self.phase = None
         self.steps = 0
@@ -411,8 +418,20 @@ class RunState:
 
     # Each handler changes ``self``, a fresh copy nobody else holds yet.
     def _run_started(self, event: RunStarted) -> None:
+        if self.status.is_final:
+            # A log that goes on after its run ended: a paused run resumed under the same
+            # id (rxagent.web's run hub). The new segment runs; its steps count from 1.
+            self.status = RunStatus.RUNNING
+            self.step = 0
+            self.result = self.stop = self.error = self.error_type = self.ended_at = None
+            self.pending = ()
         self.input = self.messages = tuple(event.input)
-        self.started_at = event.at
+        self.agent = event.agent
+        if self.started_at is None:
+            self.started_at = event.at
+
+    def _handoff(self, event: Handoff) -> None:
+        self.agent = event.to_agent
 
     def _step_started(self, event: StepStarted) -> None:
         if self.started_at is None:
@@ -434,9 +453,7 @@ class RunState:
 
     def _args_delta(self, event: ToolArgsDelta) -> None:
         self._provider_output()
-        call = self.calls.get(event.call_id)
-        if call is None:
-            call = ToolCallState(call_id=event.call_id, name=event.name, step=event.step)
+        call = self._call_of(event)
         self._set_call(
             call.evolve(
                 name=call.name or event.name,
@@ -445,9 +462,7 @@ class RunState:
         )
 
     def _call_started(self, event: ToolCallStarted) -> None:
-        call = self.calls.get(event.call_id)
-        if call is None:
-            call = ToolCallState(call_id=event.call_id, name=event.name, step=event.step)
+        call = self._call_of(event)
         self._set_call(
             call.evolve(
                 status=ToolCallStatus.RUNNING,
@@ -458,9 +473,7 @@ class RunState:
         )
 
     def _call_pending(self, event: ToolCallPending) -> None:
-        call = self.calls.get(event.call_id)
-        if call is None:
-            call = ToolCallState(call_id=event.call_id, name=event.name, step=event.step)
+        call = self._call_of(event)
         self._set_call(
             call.evolve(
                 status=ToolCallStatus.PENDING,
@@ -472,14 +485,20 @@ class RunState:
         )
 
     def _progress(self, event: ToolProgress) -> None:
+        inner = event.innermost
+        if isinstance(inner, UsageDelta):  # a sub-agent's tokens roll up into this run's
+            self._usage_delta(inner)
         call = self.calls.get(event.call_id)
-        if call is not None:
+        if call is None:
+            return
+        if event.event is not None:
+            nested = (call.nested or RunState()).apply(event.event)
+            self._set_call(call.evolve(progress=call.progress + 1, nested=nested))
+        else:
             self._set_call(call.evolve(progress=call.progress + 1, last_progress=event.data))
 
     def _call_ended(self, event: ToolCallEnded) -> None:
-        call = self.calls.get(event.call_id)
-        if call is None:
-            call = ToolCallState(call_id=event.call_id, name=event.name, step=event.step)
+        call = self._call_of(event)
         reason = call.reason
         if event.status is ToolCallStatus.REJECTED and event.error:
             reason = event.error.removeprefix("Rejected: ")
@@ -623,6 +642,15 @@ class RunState:
                     ended = at
                 self._set_call(call.evolve(status=status, ended_at=ended))
 
+    def _call_of(
+        self, event: ToolArgsDelta | ToolCallStarted | ToolCallPending | ToolCallEnded
+    ) -> ToolCallState:
+        """The call ``event`` is about, as known so far (new if it is not known yet)."""
+        call = self.calls.get(event.call_id)
+        if call is None:
+            call = ToolCallState(call_id=event.call_id, name=event.name, step=event.step)
+        return call
+
     def _set_call(self, call: ToolCallState) -> None:
         calls = dict(self.calls)
         calls[call.call_id] = call
@@ -647,6 +675,7 @@ _STATUS_OF_STOP = {
 
 _HANDLERS: dict[type[Any], Any] = {
     RunStarted: RunState._run_started,
+    Handoff: RunState._handoff,
     StepStarted: RunState._step_started,
     ReasoningDelta: RunState._reasoning_delta,
     ToolArgsDelta: RunState._args_delta,

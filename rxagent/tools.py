@@ -24,6 +24,7 @@ import contextvars
 import functools
 import inspect
 import json
+import logging
 import re
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
@@ -37,9 +38,11 @@ from pydantic.fields import FieldInfo
 from pydantic_core import to_jsonable_python
 from reactivex import Observable
 
+from rxagent._text import clip, sendable_data
 from rxagent.aio import to_async_iterable
 from rxagent.approval import EXECUTE, ApprovalRequest, Decision, Strategy, as_strategy
-from rxagent.errors import ToolArgumentsError, UnknownToolError
+from rxagent.errors import ToolArgumentsError, ToolOutputError, UnknownToolError
+from rxagent.events import _Event
 
 __all__ = [
     "BoundCall",
@@ -49,9 +52,14 @@ __all__ = [
     "ToolSpec",
     "Toolset",
     "default_executor",
+    "jsonable",
     "output_text",
+    "parse_arguments",
     "tool",
+    "tool_output",
 ]
+
+log = logging.getLogger("rxagent")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -168,29 +176,16 @@ class Tool(Generic[P, R]):
         return ToolSpec(self.name, self.description, self.parameters, self.strict)
 
     def bind(self, arguments: str | Mapping[str, Any], call_id: str = "") -> BoundCall:
-        """Parse and validate ``arguments``; raises :class:`ToolArgumentsError`."""
-        data: Any
-        if isinstance(arguments, str):
-            try:
-                data = json.loads(arguments) if arguments.strip() else {}
-            except json.JSONDecodeError as error:
-                raise ToolArgumentsError(
-                    f"arguments for tool {self.name!r} are not valid JSON "
-                    f"({error.msg} at position {error.pos}): {_clip(arguments)}",
-                    call_id=call_id,
-                    tool_name=self.name,
-                ) from None
-        else:
-            data = dict(arguments)
-        if not isinstance(data, dict):
-            raise ToolArgumentsError(
-                f"arguments for tool {self.name!r} must be a JSON object, "
-                f"got {type(data).__name__}",
-                call_id=call_id,
-                tool_name=self.name,
-            )
+        """Parse and validate ``arguments``; raises :class:`ToolArgumentsError`.
+
+        Text in the arguments is made sendable (lone surrogates, as an escaped
+        ``"\\udce9"`` gives, become U+FFFD) before the tool or an event sees it.
+        """
+        data = parse_arguments(self.name, arguments, call_id)
         try:
             validated = self.args_model.model_validate(data)
+        except RecursionError:
+            raise _too_deep(self.name, call_id) from None
         except ValidationError as error:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or '(arguments)'}: {e['msg']}"
@@ -231,9 +226,56 @@ class Tool(Generic[P, R]):
             yield True, result
 
 
+def parse_arguments(
+    name: str, arguments: str | Mapping[str, Any], call_id: str = ""
+) -> dict[str, Any]:
+    """A call's arguments as a JSON object, its text made sendable; raises
+    :class:`ToolArgumentsError` when they are not JSON, not an object, or nested too
+    deeply to read (empty text is no arguments)."""
+    data: Any
+    if isinstance(arguments, str):
+        try:
+            data = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError as error:
+            raise ToolArgumentsError(
+                f"arguments for tool {name!r} are not valid JSON "
+                f"({error.msg} at position {error.pos}): {clip(arguments)}",
+                call_id=call_id,
+                tool_name=name,
+            ) from None
+        except RecursionError:
+            raise _too_deep(name, call_id) from None
+    else:
+        data = dict(arguments)
+    try:
+        data = sendable_data(data)
+    except RecursionError:
+        raise _too_deep(name, call_id) from None
+    if not isinstance(data, dict):
+        raise ToolArgumentsError(
+            f"arguments for tool {name!r} must be a JSON object, got {type(data).__name__}",
+            call_id=call_id,
+            tool_name=name,
+        )
+    return data
+
+
+def _too_deep(name: str, call_id: str) -> ToolArgumentsError:
+    return ToolArgumentsError(
+        f"arguments for tool {name!r} are nested too deeply to read",
+        call_id=call_id,
+        tool_name=name,
+    )
+
+
 async def _last_is_result(items: AsyncIterator[Any]) -> AsyncIterator[tuple[bool, Any]]:
     previous = _MISSING
     async for item in items:
+        if isinstance(item, _Event):
+            # An agent event (a sub-agent's) is always progress, never the result: it
+            # goes on at once rather than one item late.
+            yield False, item
+            continue
         if previous is not _MISSING:
             yield False, previous
         previous = item
@@ -297,6 +339,10 @@ class Toolset:
 
     An agent may take several toolsets (and loose tools); a tool name that two of
     them hold is an error when the agent is made.
+
+    A toolset's ``tools`` may change after an agent took it (an MCP server that
+    announces a new list, say): whoever changes them raises ``revision``, and the
+    agent's registry rebuilds itself at its next use (the next provider request).
     """
 
     def __init__(
@@ -309,6 +355,8 @@ class Toolset:
         self.tools = [as_tool(t) for t in tools]
         self.approval = as_strategy(approval)
         self.name = name or "toolset"
+        #: Raised by whoever changes ``tools``, so registries holding the toolset see it.
+        self.revision = 0
 
     def __repr__(self) -> str:
         return f"Toolset({self.name!r}, {[t.name for t in self.tools]})"
@@ -318,52 +366,87 @@ ToolsInput: TypeAlias = Iterable["Tool[..., Any] | Toolset | Callable[..., Any]"
 
 
 class ToolRegistry:
-    """Tools by name, each with its approval strategy; a name given twice is an error."""
+    """Tools by name, each with its approval strategy; a name given twice is an error.
+
+    The registry keeps the toolsets it was made from and rebuilds its table when
+    one of them changed (its ``revision`` moved) since: every read (``specs``,
+    ``get``, ``bind``, ...) sees the toolsets' current tools. A name that a change
+    makes clash keeps its first holder (in the order the tools were given); the
+    newcomer is left out, with a warning on the ``rxagent`` logger.
+    """
 
     def __init__(self, tools: ToolsInput = ()) -> None:
         self._tools: dict[str, Tool[..., Any]] = {}
         self._owners: dict[str, str] = {}
         self._strategies: dict[str, Strategy] = {}
+        # What the table is built from, in order, and each toolset's revision at the build.
+        self._sources: list[Tool[..., Any] | Toolset] = []
+        self._seen: list[tuple[Toolset, int]] = []
         for item in tools:
             if isinstance(item, ToolRegistry):
-                for name, t in item._tools.items():
-                    self._add(t, item._owners[name], item._strategies.get(name))
+                self._sources.extend(item._sources)
             elif isinstance(item, Toolset):
-                for t in item.tools:
-                    self._add(t, f"toolset {item.name!r}", t.approval or item.approval)
+                self._sources.append(item)
             else:
-                t = as_tool(item)
-                self._add(t, "the agent's tools", t.approval)
+                self._sources.append(as_tool(item))
+        self._build(strict=True)
 
-    def _add(self, t: Tool[..., Any], owner: str, strategy: Strategy | None) -> None:
+    def _build(self, *, strict: bool) -> None:
+        self._tools, self._owners, self._strategies = {}, {}, {}
+        self._seen = [(s, s.revision) for s in self._sources if isinstance(s, Toolset)]
+        for source in self._sources:
+            if isinstance(source, Toolset):
+                for t in source.tools:
+                    owner = f"toolset {source.name!r}"
+                    self._add(t, owner, t.approval or source.approval, strict=strict)
+            else:
+                self._add(source, "the agent's tools", source.approval, strict=strict)
+
+    def _sync(self) -> None:
+        """Rebuild the table if a toolset changed since it was built."""
+        if any(toolset.revision != seen for toolset, seen in self._seen):
+            self._build(strict=False)
+
+    def _add(
+        self, t: Tool[..., Any], owner: str, strategy: Strategy | None, *, strict: bool = True
+    ) -> None:
         if t.name in self._tools:
             where = (
                 owner if owner == self._owners[t.name] else f"{self._owners[t.name]} and {owner}"
             )
-            raise ValueError(f"two tools are named {t.name!r} (in {where})")
+            if strict:
+                raise ValueError(f"two tools are named {t.name!r} (in {where})")
+            log.warning("two tools are named %r (in %s); the second is left out", t.name, where)
+            return
         self._tools[t.name] = t
         self._owners[t.name] = owner
         if strategy is not None:
             self._strategies[t.name] = strategy
 
     def __iter__(self) -> Iterator[Tool[..., Any]]:
+        self._sync()
         return iter(self._tools.values())
 
     def __len__(self) -> int:
+        self._sync()
         return len(self._tools)
 
     def __contains__(self, name: object) -> bool:
+        self._sync()
         return name in self._tools
 
     def get(self, name: str) -> Tool[..., Any] | None:
+        self._sync()
         return self._tools.get(name)
 
     @property
     def specs(self) -> tuple[ToolSpec, ...]:
+        self._sync()
         return tuple(t.spec for t in self._tools.values())
 
     def bind(self, call_id: str, name: str, arguments: str) -> BoundCall:
         """The tool ``name`` bound to ``arguments``; raises a ``ToolError`` when it cannot be."""
+        self._sync()
         found = self._tools.get(name)
         if found is None:
             available = ", ".join(sorted(self._tools)) or "none"
@@ -376,6 +459,7 @@ class ToolRegistry:
 
     def decide(self, call_id: str, bound: BoundCall) -> Decision:
         """What the call's approval strategy says (execute, when it has none)."""
+        self._sync()
         strategy = self._strategies.get(bound.tool.name)
         if strategy is None:
             return EXECUTE
@@ -392,14 +476,54 @@ class ToolRegistry:
 
 def output_text(output: Any) -> str:
     """A tool's output as the text of its tool message (JSON unless it is a string)."""
-    if isinstance(output, str):
-        return output
-    return json.dumps(to_jsonable_python(output, fallback=str))
+    data = jsonable(output)
+    return data if isinstance(data, str) else json.dumps(data)
 
 
 def jsonable(output: Any) -> Any:
-    """``output`` as JSON data (pydantic models, dataclasses, ... converted)."""
-    return to_jsonable_python(output, fallback=str)
+    """``output`` as JSON data: pydantic models, dataclasses, ... converted, bytes read
+    as UTF-8 text, other objects as ``str(obj)``, and text made sendable (lone
+    surrogates become U+FFFD). Raises ``ValueError`` (``UnicodeDecodeError`` for
+    bytes that are not UTF-8, a circular reference, ...) when it cannot be JSON."""
+    return sendable_data(to_jsonable_python(output, fallback=str))
+
+
+def tool_output(value: Any, tool_name: str, call_id: str = "", *, progress: bool = False) -> Any:
+    """What a tool returned (or, with ``progress``, reported as progress), as JSON data
+    (see :func:`jsonable`); raises :class:`~rxagent.errors.ToolOutputError`, naming the
+    type, when it cannot be JSON.
+
+    Bytes are read as UTF-8 text; bytes that are not (an image, a zip) are an error
+    rather than base64 sent to the model unasked: the tool decides how binary data is
+    shown to a model (encoded, summarised, stored and referred to).
+    """
+    try:
+        return jsonable(value)
+    except (ValueError, TypeError, RecursionError) as error:
+        verb = "reported progress as" if progress else "returned"
+        kind = type(value).__name__
+        if isinstance(error, UnicodeDecodeError):
+            what = (
+                "bytes"
+                if isinstance(value, bytes | bytearray | memoryview)
+                else f"{_a(kind)} holding bytes"
+            )
+            problem = (
+                f"{what} that are not UTF-8 text; return str, "
+                "or encode binary data as text yourself (base64)"
+            )
+        elif isinstance(error, RecursionError):
+            problem = f"{_a(kind)} nested too deeply to turn into JSON"
+        else:
+            problem = f"{_a(kind)} that cannot be turned into JSON: {error}"
+        failure = ToolOutputError(
+            f"tool {tool_name!r} {verb} {problem}", call_id=call_id, tool_name=tool_name
+        )
+        raise failure from error
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
 # -- schema from signature ----------------------------------------------------------
@@ -504,7 +628,3 @@ def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
         kept.append(lines[i])
         i += 1
     return "\n".join(kept).strip(), args
-
-
-def _clip(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import json
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
 
 import pytest
@@ -105,6 +107,24 @@ BAD_CALLS = [
         s.call("add", {"a": 1, "c": 2}), ra.ToolArgumentsError, "c: Extra inputs", id="extra"
     ),
     pytest.param(s.call("add", "[1, 2]"), ra.ToolArgumentsError, "JSON object", id="not-object"),
+    pytest.param(
+        s.call("add", '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+        ra.ToolArgumentsError,
+        "arguments for tool 'add' are nested too deeply to read",
+        id="too-deep",
+    ),
+    pytest.param(
+        s.call("blob"),
+        ra.ToolOutputError,
+        "tool 'blob' returned bytes that are not UTF-8 text",
+        id="binary-output",
+    ),
+    pytest.param(
+        s.call("cycle"),
+        ra.ToolOutputError,
+        "tool 'cycle' returned a dict that cannot be turned into JSON: Circular reference",
+        id="circular-output",
+    ),
     pytest.param(s.call("explode"), ra.ToolExecutionError, "ZeroDivisionError", id="raises"),
     pytest.param(s.call("hangs"), ra.ToolTimeoutError, "timed out after 0.05s", id="timeout"),
 ]
@@ -123,17 +143,36 @@ async def hangs() -> str:
     return "never"
 
 
+@ra.tool
+def blob() -> bytes:
+    """Raw bytes of a PNG."""
+    return b"\x89PNG\r\n\x1a\n"
+
+
+@ra.tool
+def cycle() -> dict[str, object]:
+    """A dict that holds itself."""
+    out: dict[str, object] = {"name": "loop"}
+    out["self"] = out
+    return out
+
+
+TOOLS = [add, explode, hangs, blob, cycle]
+
+
 @pytest.mark.parametrize(("bad", "kind", "text"), BAD_CALLS)
 async def test_bad_calls_are_reported_to_the_model(
     bad: s.Call, kind: type[ra.ToolError], text: str
 ) -> None:
     provider = ra.ScriptedProvider([[bad], ["Sorry, let me fix that."]])
-    agent = ra.Agent(provider, tools=[add, explode, hangs], join=ra.JoinPolicy.REPORT_TO_MODEL)
+    agent = ra.Agent(provider, tools=TOOLS, join=ra.JoinPolicy.REPORT_TO_MODEL)
     run = agent.run("go")
     result = await asyncio.wait_for(ra.collect_final(run), 5)
 
     (end,) = [e for e in run.events if isinstance(e, ToolCallEnded)]
     assert end.error is not None and text in end.error
+    if kind is not ra.ToolExecutionError:
+        assert "raised" not in end.error  # only a tool that ran can be blamed for raising
     # The model was told, as a tool message it can read, and answered.
     tool_message = provider.requests[1].messages[-1]
     assert isinstance(tool_message, ra.ToolMessage) and tool_message.is_error
@@ -149,7 +188,7 @@ async def test_bad_calls_fail_the_run_with_a_clear_tool_error(
     bad: s.Call, kind: type[ra.ToolError], text: str, join: ra.JoinPolicy
 ) -> None:
     provider = ra.ScriptedProvider([["Trying. ", bad]])
-    agent = ra.Agent(provider, tools=[add, explode, hangs], join=join)
+    agent = ra.Agent(provider, tools=TOOLS, join=join)
     with pytest.raises(ra.AgentError) as raised:
         await asyncio.wait_for(ra.collect_final(agent.run("go")), 5)
     error = raised.value
@@ -162,6 +201,37 @@ async def test_bad_calls_fail_the_run_with_a_clear_tool_error(
     assert partial is not None and partial.stop is ra.StopReason.ERROR
     assert partial.text == "Trying. "
     assert ra.validate_conversation(partial.messages) == []
+
+
+async def test_outputs_that_are_not_json_are_output_errors_not_the_tools_raising() -> None:
+    @ra.tool
+    def utf8_bytes() -> bytes:
+        """Text, as bytes."""
+        return "d\u00e9j\u00e0 vu".encode()
+
+    @ra.tool
+    async def ticks() -> AsyncIterator[object]:
+        """Progress that cannot be JSON, more progress, then nothing: the call is stopped."""
+        yield b"\xff\xfe"
+        yield "tick"
+        await asyncio.Event().wait()
+        yield "never"
+
+    provider = ra.ScriptedProvider(
+        [[s.call("utf8_bytes", id="u"), s.call("ticks", id="t"), s.call("cycle", id="c")], ["ok"]]
+    )
+    run = ra.Agent(provider, tools=[utf8_bytes, ticks, cycle]).run("go")
+    await asyncio.wait_for(ra.collect_final(run), 5)
+    ends = {e.call_id: e for e in run.events if isinstance(e, ToolCallEnded)}
+    assert ends["u"].output == "d\u00e9j\u00e0 vu" and ends["u"].error is None
+    assert ends["t"].error == (
+        "tool 'ticks' reported progress as bytes that are not UTF-8 text; return str, "
+        "or encode binary data as text yourself (base64)"
+    )
+    assert ends["c"].error is not None and ends["c"].error.startswith(
+        "tool 'cycle' returned a dict that cannot be turned into JSON"
+    )
+    assert provider.requests[1].messages[-1].content.startswith("Error: tool 'cycle' returned")
 
 
 async def test_an_unknown_tool_never_runs_and_never_starts() -> None:
@@ -338,3 +408,59 @@ async def test_empty_or_reused_provider_call_ids_are_renamed_everywhere() -> Non
     assert len(ids) == len(set(ids)) == 4 and ids[:2] == ["x", "dup"]
     assert [e.output for e in run.events if isinstance(e, ToolCallEnded)] == [1, 2, 3, 4]
     assert ra.validate_conversation(result.messages) == []
+
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="none")
+
+
+@contextlib.contextmanager
+def tagged(call: ra.ToolCall) -> Iterator[None]:
+    """A tool context: the call's request id, set while the call starts."""
+    token = REQUEST_ID.set(f"req-{call.id}")
+    try:
+        yield
+    finally:
+        REQUEST_ID.reset(token)
+
+
+async def test_tool_context_reaches_async_tools_and_sync_tools_in_threads() -> None:
+    @ra.tool
+    async def in_task() -> str:
+        """Reads the context in its task."""
+        return REQUEST_ID.get()
+
+    @ra.tool
+    def in_thread() -> str:
+        """Reads the context in its worker thread."""
+        return f"{REQUEST_ID.get()} on {threading.current_thread().name.split('_')[0]}"
+
+    provider = ra.ScriptedProvider(
+        [[s.call("in_task", id="a"), s.call("in_thread", id="b")], ["ok"]]
+    )
+    run = ra.Agent(provider, tools=[in_task, in_thread], tool_context=tagged).run("go")
+    await ra.collect_final(run)
+    outputs = [e.output for e in run.events if isinstance(e, ToolCallEnded)]
+    assert outputs == ["req-a", "req-b on rxagent-tool"]
+    assert REQUEST_ID.get() == "none"  # entered around each start, and left
+
+
+async def test_tool_context_does_not_leak_into_what_follows_the_tool() -> None:
+    # The step after a tool starts from the tool's callbacks: they run in the context
+    # the call started in, so its provider request does not see the tool's context.
+    @ra.tool
+    async def in_task() -> str:
+        """Reads the context in its task, after a pause."""
+        await asyncio.sleep(0.001)
+        return REQUEST_ID.get()
+
+    seen: list[str] = []
+
+    def second_turn(request: ra.ProviderRequest) -> list[str]:
+        seen.append(REQUEST_ID.get())
+        return ["done"]
+
+    provider = ra.ScriptedProvider([[s.call("in_task", id="a")], second_turn])
+    run = ra.Agent(provider, tools=[in_task], tool_context=tagged).run("go")
+    await ra.collect_final(run)
+    assert [e.output for e in run.events if isinstance(e, ToolCallEnded)] == ["req-a"]
+    assert seen == ["none"]

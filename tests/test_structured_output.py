@@ -6,15 +6,18 @@ import asyncio
 import itertools
 import json
 import logging
+import re
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel, Field, field_validator
 
 import rxagent as ra
 from rxagent import scripted as s
 from rxagent.events import OutputRetry, Structured
-from rxagent.output import grows
+from rxagent.output import _NOTHING, OutputSpec, grows
 
 
 class Forecast(BaseModel):
@@ -240,3 +243,107 @@ async def test_any_exception_while_checking_the_answer_fails_the_run_with_its_pa
     assert ra.validate_conversation(partial.messages) == []
     run.cancel()  # the run is over: a cancel changes nothing and does not hang
     assert run.done and run.error is failure.value
+
+
+async def test_partial_strings_are_never_held_back() -> None:
+    provider = ra.ScriptedProvider([['{"city": "Route 66 is fine', " but long", '", "note": "x"}']])
+    run = ra.Agent(provider, output_type=Loose).run("Where?")
+    await ra.collect_final(run)
+    partial = [e.value for e in run.events if isinstance(e, Structured) and e.partial]
+    assert partial[:2] == [{"city": "Route 66 is fine"}, {"city": "Route 66 is fine but long"}]
+
+
+@pytest.mark.parametrize(
+    ("text", "snapshot"),
+    [
+        ('{"note": "Route 66 is fine', {"note": "Route 66 is fine"}),
+        ('{"note": "a t', {"note": "a t"}),
+        ('{"note": "nul', {"note": "nul"}),
+        ('{"note": "say \\"1', {"note": 'say "1'}),
+        ('{"note": "ends in a backslash \\\\', {"note": "ends in a backslash \\"}),
+        ('{"note": "half an escape \\u00', {"note": "half an escape "}),
+        ('{"n": 12', {}),  # 12 may become 123
+        ('{"n": -', {}),
+        ('{"n": 1.5e', {}),
+        ('{"n": tr', {}),
+        ('{"n": nul', {}),
+        ('{"n": [1, 2', {"n": [1]}),
+        ('{"n": true}', {"n": True}),
+        ('{"n": 12,', {"n": 12}),
+        ('{"a": "x", "n": f', {"a": "x"}),
+    ],
+)
+def test_only_numbers_and_literals_being_written_are_held_back(text: str, snapshot: Any) -> None:
+    assert OutputSpec(dict[str, Any]).parse_partial(text) == snapshot
+
+
+def _value_spans(text: str) -> list[tuple[int, int]]:
+    """Where the string values (not keys) of a JSON text are, quotes excluded."""
+    spans = []
+    for match in re.finditer(r'"((?:[^"\\]|\\.)*)"', text):
+        after = text[match.end() :].lstrip()
+        if not after.startswith(":"):
+            spans.append((match.start(1), match.end(1)))
+    return spans
+
+
+def _received(raw: str) -> str:
+    """The string a partial JSON string body already says: a half-written escape at its
+    end, or the first half of a surrogate pair, says nothing yet."""
+    for half in (r"(\\+)(u[0-9a-fA-F]{0,3})?$", r"(\\+)(u[dD][89abAB][0-9a-fA-F]{2})$"):
+        match = re.search(half, raw)
+        if match and len(match.group(1)) % 2:
+            raw = raw[: match.end(1) - 1]
+    return str(json.loads(f'"{raw}"'))
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string value (not key) in document order."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**12), max_value=10**12)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(exclude_categories=("Cs",)), max_size=12),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.text(st.characters(exclude_categories=("Cs",)), max_size=6), children, max_size=4
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=json_values, ascii_only=st.booleans())
+def test_partial_parses_only_grow_and_keep_every_string_received(
+    value: Any, ascii_only: bool
+) -> None:
+    spec = OutputSpec(Any)  # wrapped: the wire form is {"result": ...}
+    text = json.dumps({"result": value}, ensure_ascii=ascii_only)
+    spans = _value_spans(text)
+    previous: Any = _NOTHING
+    for cut in range(len(text) + 1):
+        snapshot = spec.parse_partial(text[:cut])
+        if snapshot is _NOTHING:
+            assert previous is _NOTHING  # once there is a reading, there always is
+            continue
+        assert grows(previous, snapshot), (text[:cut], previous, snapshot)
+        assert grows(snapshot, value)
+        previous = snapshot
+        inside = [(start, end) for start, end in spans if start <= cut <= end]
+        if inside:
+            (start, _), *_ = inside
+            # The string being written reads as all of its text received so far.
+            assert _strings(snapshot)[-1] == _received(text[start:cut])
+    assert previous == value

@@ -122,3 +122,23 @@ def test_plain_functions_are_made_tools_by_the_agent() -> None:
     agent = ra.Agent(ra.ScriptedProvider([]), tools=[shout])
     (spec,) = agent.tools.specs
     assert spec.name == "shout" and spec.description == "Upper-case the text."
+
+
+DEEP = '{"city": ' + "[" * 100_000 + "]" * 100_000 + "}"
+
+
+def test_arguments_too_deep_to_read_are_an_arguments_error_everywhere() -> None:
+    with pytest.raises(ra.ToolArgumentsError, match="nested too deeply to read"):
+        get_weather.bind(DEEP, "c1")
+    call = ra.ToolCall(id="c1", name="get_weather", arguments=DEEP)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        call.parsed_arguments()
+    conversation = ra.Conversation.of(
+        [
+            ra.UserMessage(content="q"),
+            ra.AssistantMessage(tool_calls=(call.with_status(ra.ToolCallStatus.PENDING),)),
+        ]
+    )
+    with pytest.raises(ra.ApprovalError, match="nested too deeply"):
+        conversation.approve("c1", arguments=DEEP)
+    assert conversation.pending == [call.with_status(ra.ToolCallStatus.PENDING)]

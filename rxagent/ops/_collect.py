@@ -9,7 +9,12 @@ from reactivex import Observable, abc
 from rxagent.errors import AgentError
 from rxagent.events import AgentEvent, AgentRun, RunCompleted
 
-__all__ = ["collect_final"]
+__all__ = ["collect_final", "missing_end"]
+
+
+def missing_end() -> AgentError:
+    """The error of a stream of run events that completed without ``RunCompleted``."""
+    return AgentError("the stream ended without a RunCompleted event")
 
 
 def collect_final() -> Callable[[Observable[AgentEvent]], Observable[AgentRun]]:
@@ -19,7 +24,8 @@ def collect_final() -> Callable[[Observable[AgentEvent]], Observable[AgentRun]]:
         result: --------------------------------------run|
 
     A stream that completes without ``RunCompleted`` fails with ``AgentError``;
-    errors pass through.
+    errors pass through. Each subscription gets an ``AgentRun`` whose ``messages``
+    are its own writable copy (the event's run is a record that never changes).
     """
 
     def operator(source: Observable[AgentEvent]) -> Observable[AgentRun]:
@@ -35,9 +41,9 @@ def collect_final() -> Callable[[Observable[AgentEvent]], Observable[AgentRun]]:
 
             def on_completed() -> None:
                 if final is None:
-                    observer.on_error(AgentError("the stream ended without a RunCompleted event"))
+                    observer.on_error(missing_end())
                 else:
-                    observer.on_next(final)
+                    observer.on_next(final.editable())
                     observer.on_completed()
 
             return source.subscribe(on_next, observer.on_error, on_completed, scheduler=scheduler)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
+from contextlib import AbstractContextManager
 from typing import Any, TypeAlias, TypeVar
 
 from reactivex import Observable, abc
@@ -15,8 +17,10 @@ from rxagent.aio import from_async_iterable, loop_scheduler
 from rxagent.approval import EXECUTE
 from rxagent.errors import (
     AgentError,
+    ToolCancelled,
     ToolError,
     ToolExecutionError,
+    ToolOutputError,
     ToolsFailed,
     ToolTimeoutError,
 )
@@ -26,13 +30,17 @@ from rxagent.events import (
     ToolCallPending,
     ToolCallStarted,
     ToolProgress,
+    _Event,
 )
 from rxagent.messages import ToolCall, ToolCallStatus
-from rxagent.tools import JoinPolicy, ToolRegistry, ToolsInput, jsonable
+from rxagent.tools import JoinPolicy, ToolRegistry, ToolsInput, tool_output
 
-__all__ = ["fan_out_tools", "within"]
+__all__ = ["ToolContext", "fan_out_tools", "within"]
 
 _T = TypeVar("_T")
+
+#: Entered around starting each tool call: ``tool_context(call)`` is a context manager.
+ToolContext: TypeAlias = Callable[[ToolCall], AbstractContextManager[Any]]
 
 # (call index, event, the error when the event is a failed ToolCallEnded)
 _Item: TypeAlias = tuple[int, AgentEvent, ToolError | None]
@@ -47,6 +55,7 @@ def fan_out_tools(
     timeout: float | None = None,
     executor: Executor | None = None,
     scheduler: abc.SchedulerBase | None = None,
+    tool_context: ToolContext | None = None,
 ) -> Callable[[Observable[ToolCall]], Observable[AgentEvent]]:
     """Run each incoming tool call, at most ``max_concurrent`` at a time.
 
@@ -76,6 +85,9 @@ def fan_out_tools(
     ``timeout`` (seconds) applies to tools that have none of their own; the
     timeouts run on ``scheduler`` (default: the asyncio event loop's clock), so a
     test can drive them in virtual time (``reactivex.testing.TestScheduler``).
+    ``tool_context(call)``, where given, is entered around starting each call (its
+    task is made inside it, and a sync tool's thread runs in a copy of that task's
+    context), so context variables it sets, a tracing span say, reach the tool.
     """
     if max_concurrent is not None and max_concurrent < 1:
         raise ValueError(f"max_concurrent must be None or at least 1, got {max_concurrent}")
@@ -101,11 +113,19 @@ def fan_out_tools(
                     name=call.name,
                     output=output,
                     error=None if error is None else error.message,
+                    error_type=(
+                        type(error).__name__
+                        if error is not None and status is not ToolCallStatus.REJECTED
+                        else None
+                    ),
                     status=status
                     or (ToolCallStatus.COMPLETED if error is None else ToolCallStatus.FAILED),
                 )
-                # A refusal is the call's answer, not a failure of the step.
-                failure = None if status is ToolCallStatus.REJECTED else error
+                # A refusal is the call's answer, not a failure of the step (nor is a
+                # cancellation: the step is cancelled).
+                failure = (
+                    None if status in (ToolCallStatus.REJECTED, ToolCallStatus.CANCELLED) else error
+                )
                 observer.on_next((index, event, failure))
                 observer.on_completed()
 
@@ -114,16 +134,17 @@ def fan_out_tools(
                 return Disposable()
             try:
                 bound = registry.bind(call.id, call.name, call.arguments)
+            except ToolError as error:
+                ended(error=error)
+                return Disposable()
+            try:
                 decision = (
                     EXECUTE
                     if call.status is ToolCallStatus.APPROVED
                     else registry.decide(call.id, bound)
                 )
-            except ToolError as error:
-                ended(error=error)
-                return Disposable()
-            except Exception as error:  # the approval strategy itself raised
-                ended(error=_as_tool_error(error, call))
+            except Exception as error:  # the tool never ran: its approval strategy failed
+                ended(error=_strategy_error(error, call))
                 return Disposable()
             if decision.kind == "reject":
                 ended(error=_refusal(call, decision.reason), status=ToolCallStatus.REJECTED)
@@ -155,14 +176,37 @@ def fan_out_tools(
 
             def on_item(item: tuple[bool, Any]) -> None:
                 final, value = item
-                if final:
-                    ended(output=jsonable(value))
-                else:
-                    progress = ToolProgress(step=step, call_id=call.id, data=jsonable(value))
+                if not final and isinstance(value, _Event):
+                    # A sub-agent's event (agent.as_tool()): nested, typed, as it happens.
+                    inner = value.depth if type(value) is ToolProgress and value.event else 0
+                    progress = ToolProgress(
+                        step=step,
+                        call_id=call.id,
+                        event=value,  # type: ignore[arg-type]  # an _Event is an AgentEvent
+                        depth=inner + 1,
+                    )
                     observer.on_next((index, progress, None))
+                    return
+                try:
+                    data = tool_output(value, call.name, call.id, progress=not final)
+                except ToolOutputError as error:
+                    ended(error=error)  # ends the call (and stops a tool still streaming)
+                    return
+                if final:
+                    ended(output=data)
+                else:
+                    observer.on_next(
+                        (index, ToolProgress(step=step, call_id=call.id, data=data), None)
+                    )
 
             def on_error(error: Exception) -> None:
-                ended(error=_as_tool_error(error, call))
+                failure = _as_tool_error(error, call)
+                if isinstance(failure, ToolCancelled):
+                    # The other side of the call was cancelled (a sub-agent's run):
+                    # the step is cancelled with it.
+                    ended(error=failure, status=ToolCallStatus.CANCELLED)
+                else:
+                    ended(error=failure)
 
             items = from_async_iterable(lambda: bound.tool.stream(bound.kwargs, executor=executor))
             limit = bound.tool.timeout or timeout
@@ -178,7 +222,14 @@ def fan_out_tools(
                         scheduler,
                     )
                 )
-            return items.subscribe(on_item, on_error)
+            if tool_context is None:
+                return items.subscribe(on_item, on_error)
+            # The tool's task copies the context tool_context sets; what the tool sends
+            # back runs in the context the call started in, so that context does not
+            # leak into what follows (the next step's provider request, say).
+            outer = contextvars.copy_context()
+            with tool_context(call):
+                return items.subscribe(_in_context(outer, on_item), _in_context(outer, on_error))
 
         return Observable(subscribe)
 
@@ -306,10 +357,31 @@ def within(
     return operator
 
 
+def _in_context(context: contextvars.Context, fn: Callable[[_T], None]) -> Callable[[_T], None]:
+    """``fn``, run in a copy of ``context`` (a copy: a context cannot be entered twice,
+    and a notification may cause another)."""
+
+    def run(value: _T) -> None:
+        context.copy().run(fn, value)
+
+    return run
+
+
 def _refusal(call: ToolCall, reason: str | None) -> ToolError:
     return ToolError(
         f"Rejected: {reason or 'the call was not approved.'}", call_id=call.id, tool_name=call.name
     )
+
+
+def _strategy_error(error: Exception, call: ToolCall) -> ToolError:
+    wrapped = ToolError(
+        f"the approval strategy of tool {call.name!r} raised {type(error).__name__}"
+        + (f": {error}" if str(error) else ""),
+        call_id=call.id,
+        tool_name=call.name,
+    )
+    wrapped.__cause__ = error
+    return wrapped
 
 
 def _as_tool_error(error: Exception, call: ToolCall) -> ToolError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import itertools
@@ -17,7 +18,7 @@ from reactivex import operators as rx_ops
 from reactivex.disposable import CompositeDisposable
 from reactivex.subject import Subject
 
-from rxagent.aio import from_async_iterable, on_loop, running_loop
+from rxagent.aio import from_async_iterable, running_loop
 from rxagent.errors import AgentError, ApprovalError, OutputValidationError, ProviderError
 from rxagent.events import (
     AgentEvent,
@@ -33,6 +34,7 @@ from rxagent.events import (
     ToolCallEnded,
     ToolCallPending,
     ToolCallStarted,
+    ToolProgress,
     UsageDelta,
 )
 from rxagent.messages import (
@@ -47,7 +49,7 @@ from rxagent.messages import (
     ToolMessage,
     Usage,
 )
-from rxagent.ops._fan_out import fan_out_tools
+from rxagent.ops._fan_out import ToolContext, fan_out_tools
 from rxagent.output import _NOTHING, OutputInvalid, OutputSpec, grows
 from rxagent.policies import PauseReason, StepOutcome, StopReason
 from rxagent.providers.base import Finish, Provider, ProviderChunk, ProviderRequest, ToolCallReady
@@ -86,6 +88,8 @@ class StepConfig:
     before: BeforeHook | None = None
     #: The clock of tool timeouts (``None``: the asyncio event loop's).
     scheduler: abc.SchedulerBase | None = None
+    #: Entered around starting each tool call (see :func:`fan_out_tools`).
+    tool_context: ToolContext | None = None
 
     @classmethod
     def make(
@@ -103,6 +107,7 @@ class StepConfig:
         output: OutputSpec | None = None,
         before: BeforeHook | None = None,
         scheduler: abc.SchedulerBase | None = None,
+        tool_context: ToolContext | None = None,
     ) -> StepConfig:
         """A checked config (a bad value is an error here, not in the middle of a run)."""
         if not callable(getattr(provider, "stream", None)):
@@ -129,6 +134,7 @@ class StepConfig:
             output=output,
             before=before,
             scheduler=scheduler,
+            tool_context=tool_context,
         )
 
 
@@ -263,6 +269,38 @@ class _Shared:
     output_attempts: int = 0
 
 
+class _ProviderObserver(abc.ObserverBase[ProviderChunk]):
+    """The step's observer of its provider stream, on the event loop whatever thread the
+    provider emits from (a blocking client's, say): observers and tools live there."""
+
+    __slots__ = ("loop", "step")
+
+    def __init__(self, step: _Step, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.step = step
+        self.loop = loop
+
+    def _here(self) -> bool:
+        return self.loop is None or running_loop() is self.loop
+
+    def on_next(self, value: ProviderChunk) -> None:
+        if self._here():
+            self.step._on_chunk(value)
+        else:
+            self.loop.call_soon_threadsafe(self.step._on_chunk, value)  # type: ignore[union-attr]
+
+    def on_error(self, error: Exception) -> None:
+        if self._here():
+            self.step._on_provider_error(error)
+        else:
+            self.loop.call_soon_threadsafe(self.step._on_provider_error, error)  # type: ignore[union-attr]
+
+    def on_completed(self) -> None:
+        if self._here():
+            self.step._on_provider_done()
+        else:
+            self.loop.call_soon_threadsafe(self.step._on_provider_done)  # type: ignore[union-attr]
+
+
 _F = TypeVar("_F", bound=Callable[..., None])
 
 
@@ -328,6 +366,8 @@ class _Step:
         self.ended: dict[str, ToolCallEnded] = {}
         self.pending: dict[str, ToolCallPending] = {}
         self.finish_reason: str | None = None
+        #: (agent name, call id) of the first handoff call that ended well.
+        self.handoff: tuple[str, str] | None = None
         #: Provider call ids -> the ids the calls get (unique in the conversation).
         self.open_ids: dict[str, str] = {}
         #: The turn's calls, into the fan-out; made with the first call (most turns of a
@@ -377,6 +417,7 @@ class _Step:
                 timeout=config.tool_timeout,
                 executor=config.executor,
                 scheduler=config.scheduler,
+                tool_context=config.tool_context,
             )
         )
         self.disposables.add(fan.subscribe(self._on_tool_event, self._fail, on_done))
@@ -466,14 +507,7 @@ class _Step:
             return
         # A provider should emit on the event loop; one that emits from a thread of its
         # own (a blocking client) is brought back to it, where observers and tools live.
-        loop = running_loop()
-        self.disposables.add(
-            stream.subscribe(
-                on_loop(loop, self._on_chunk),
-                on_loop(loop, self._on_provider_error),
-                on_loop(loop, self._on_provider_done),
-            )
-        )
+        self.disposables.add(stream.subscribe(_ProviderObserver(self, running_loop())))
 
     @_guarded
     def _on_chunk(self, chunk: ProviderChunk) -> None:
@@ -574,8 +608,23 @@ class _Step:
     def _on_tool_event(self, event: AgentEvent) -> None:
         if self.over:
             return
-        if isinstance(event, ToolCallEnded):
+        if isinstance(event, ToolProgress):
+            inner = event.innermost
+            if isinstance(inner, UsageDelta):
+                # A sub-agent's tokens count as this step's: usage and budgets roll up.
+                self.usage = self.usage + Usage(
+                    prompt_tokens=inner.prompt_tokens, completion_tokens=inner.completion_tokens
+                )
+        elif isinstance(event, ToolCallEnded):
             self.ended[event.call_id] = event
+            if event.status is ToolCallStatus.CANCELLED:
+                self.observer.on_next(event)
+                self._cancel()  # its other side was cancelled: so is the step
+                return
+            if event.error is None and self.handoff is None:
+                target = getattr(self.config.registry.get(event.name), "handoff_agent", None)
+                if target is not None:
+                    self.handoff = (str(target.name), event.call_id)
         elif isinstance(event, ToolCallStarted):
             self.started.append(event.call_id)
         elif isinstance(event, ToolCallPending):
@@ -726,6 +775,8 @@ class _Step:
             started_at=self.started_at,
             streamed_at=self.streamed_at,
             ended_at=now,
+            handoff=None if cancelled or self.handoff is None else self.handoff[0],
+            handoff_call=None if cancelled or self.handoff is None else self.handoff[1],
         )
 
     def _resumed_messages(self) -> list[Message]:

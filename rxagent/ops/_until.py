@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -10,11 +11,12 @@ from reactivex import operators as rx_ops
 from reactivex.disposable import Disposable, SingleAssignmentDisposable
 from reactivex.subject import Subject
 
-from rxagent.aio import loop_scheduler
+from rxagent.aio import DirectObservable, loop_scheduler
 from rxagent.errors import AgentError
 from rxagent.events import (
     AgentEvent,
     AgentRun,
+    Handoff,
     Paused,
     ReasoningDelta,
     RunCompleted,
@@ -27,7 +29,7 @@ from rxagent.events import (
 )
 from rxagent.messages import Conversation, ConversationInput
 from rxagent.ops._step import StepConfig, _Shared, _Step
-from rxagent.policies import Policy, StopReason
+from rxagent.policies import Policy, StepOutcome, StopReason
 from rxagent.state import RunState, StepPhase
 
 __all__ = ["loop", "run_loop", "run_steps", "until"]
@@ -101,6 +103,7 @@ class _Fold:
         clock: abc.SchedulerBase,
         on_continue: Callable[[Conversation], None] | None,
         interrupt: Callable[[], None] | None,
+        agent: str | None = None,
     ) -> None:
         self.policy = policy
         self.observer = observer
@@ -112,7 +115,7 @@ class _Fold:
         self.timed_out = False
         self.subscription = SingleAssignmentDisposable()
         self.timer: abc.DisposableBase | None = None
-        start = RunStarted(step=1, input=history, at=time.time())
+        start = RunStarted(step=1, input=history, agent=agent, at=time.time())
         self.state = RunState().apply(start)
         observer.on_next(start)
         deadline = policy.time_limit
@@ -302,28 +305,43 @@ def run_steps(
     *,
     scheduler: abc.SchedulerBase | None = None,
     interrupt: Callable[[], None] | None = None,
+    agent: str | None = None,
 ) -> Observable[AgentEvent]:
     """One run of ``loop(steps_of(config), policy)`` on ``initial``, the way ``Agent``
     runs it: the steps are driven one after another with no operator in between (the
-    same step, the same fold; a run starts with 2 subscriptions instead of 8)."""
+    same step, the same fold; a run starts with 2 subscriptions instead of 8). A step
+    whose model called a handoff tool (``ra.handoff(agent)``) hands the rest of the
+    run to that agent's config, with a ``Handoff`` event; ``policy`` goes on counting
+    across agents."""
 
     def subscribe(
         observer: abc.ObserverBase[AgentEvent], default: abc.SchedulerBase | None = None
     ) -> abc.DisposableBase:
         clock = scheduler or default or loop_scheduler()
         history = initial if isinstance(initial, Conversation) else Conversation.of(initial)
-        steps = _Steps(config, policy, history, observer, clock, interrupt)
+        steps = _Steps(config, policy, history, observer, clock, interrupt, agent)
         steps.advance()
         return Disposable(steps.dispose)
 
-    return Observable(subscribe)
+    return DirectObservable(subscribe)
 
 
 class _Steps(abc.ObserverBase[AgentEvent]):
     """Starts a step, hands its events to the fold, and starts the next one when the fold
     says go on and the step has completed."""
 
-    __slots__ = ("config", "current", "disposed", "fold", "following", "number", "ready", "shared")
+    __slots__ = (
+        "agent",
+        "config",
+        "current",
+        "disposed",
+        "fold",
+        "following",
+        "handoff",
+        "number",
+        "ready",
+        "shared",
+    )
 
     def __init__(
         self,
@@ -333,8 +351,12 @@ class _Steps(abc.ObserverBase[AgentEvent]):
         observer: abc.ObserverBase[AgentEvent],
         clock: abc.SchedulerBase,
         interrupt: Callable[[], None] | None,
+        agent: str | None = None,
     ) -> None:
         self.config = config
+        self.agent = agent
+        #: The handoff the last step asked for: (the new agent's config, the event).
+        self.handoff: tuple[StepConfig, Handoff] | None = None
         self.number = 0
         self.shared = _Shared()
         self.current: abc.DisposableBase | None = None
@@ -343,7 +365,7 @@ class _Steps(abc.ObserverBase[AgentEvent]):
         self.following: Conversation | None = None
         #: The next step may start (the first, or the previous one completed).
         self.ready: Conversation | None = history.copy()
-        self.fold = _Fold(policy, history, observer, clock, self._go_on, interrupt)
+        self.fold = _Fold(policy, history, observer, clock, self._go_on, interrupt, agent)
 
     def _go_on(self, conversation: Conversation) -> None:
         self.following = conversation
@@ -358,7 +380,25 @@ class _Steps(abc.ObserverBase[AgentEvent]):
             self.current = step.start()
 
     def on_next(self, value: AgentEvent) -> None:
+        if type(value) is StepCompleted and value.outcome.handoff is not None:
+            self._prepare_handoff(value.outcome)
         self.fold.on_next(value)
+
+    def _prepare_handoff(self, outcome: StepOutcome) -> None:
+        call = next(c for c in outcome.tool_calls if c.id == outcome.handoff_call)
+        target = getattr(self.config.registry.get(call.name), "handoff_agent", None)
+        if target is None:
+            return
+        config = target.config
+        if self.config.cancel is not None:
+            config = dataclasses.replace(config, cancel=self.config.cancel)
+        event = Handoff(
+            step=outcome.step,
+            from_agent=self.agent,
+            to_agent=str(target.name),
+            call_id=call.id,
+        )
+        self.handoff = (config, event)
 
     def on_error(self, error: Exception) -> None:
         self.fold.on_error(error)
@@ -368,6 +408,12 @@ class _Steps(abc.ObserverBase[AgentEvent]):
         if following is None:
             self.fold.on_completed()  # a step that ended without saying how
             return
+        handoff, self.handoff = self.handoff, None
+        if handoff is not None:
+            self.config, event = handoff
+            self.agent = event.to_agent
+            self.shared = _Shared()
+            self.fold.on_next(event)
         self.ready = following
         if self.current is not None:  # else: inside start(); advance() goes on from there
             self.current = None

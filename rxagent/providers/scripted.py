@@ -332,6 +332,9 @@ class ScriptedProvider:
     ``ProviderError`` that says so.
     """
 
+    #: The ``gen_ai.provider.name`` of tracing (``rxagent.otel``).
+    provider_name = "rxagent.scripted"
+
     def __init__(
         self,
         turns: Iterable[Turn] | Callable[[ProviderRequest], Turn],

@@ -468,6 +468,8 @@ class OpenAIProvider(StreamingProvider):
     request; disposing it closes the HTTP response at once.
     """
 
+    #: The ``gen_ai.provider.name`` of tracing (``rxagent.otel``): the API spoken.
+    provider_name = "openai"
     path = "/chat/completions"
 
     def _body(self, request: ProviderRequest) -> dict[str, Any]:
