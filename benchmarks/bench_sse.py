@@ -25,7 +25,8 @@ from rxagent.aio import to_async_iterable
 from rxagent.events import TextDelta
 from rxagent.messages import UserMessage
 from rxagent.providers.base import ProviderRequest
-from rxagent.providers.openai import _ChunkParser, _SSEDecoder
+from rxagent.providers.openai._assembly import ChunkAssembler
+from rxagent.providers.openai._wire import SSEDecoder
 
 
 def body(size: int) -> bytes:
@@ -35,8 +36,8 @@ def body(size: int) -> bytes:
 
 def decoder_alone(data: bytes, block: int) -> float:
     started = time.perf_counter()
-    decoder = _SSEDecoder(len(data) + 1)
-    parser = _ChunkParser(step=1)
+    decoder = SSEDecoder(len(data) + 1)
+    parser = ChunkAssembler(step=1)
     texts = 0
     for i in range(0, len(data), block):
         for event, payload in decoder.feed(data[i : i + block]):

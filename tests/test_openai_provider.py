@@ -6,7 +6,6 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,8 +21,7 @@ from rxagent.events import (
     ToolCallStarted,
     UsageDelta,
 )
-from rxagent.messages import UserMessage
-from rxagent.providers.base import Finish, ProviderRequest, ToolCallReady
+from rxagent.providers.base import Finish, ToolCallReady
 from rxagent.providers.openai import (
     AuthenticationError,
     BadRequest,
@@ -38,34 +36,17 @@ from rxagent.providers.openai import (
     StreamStalled,
 )
 from tests.helpers import Gauge, collect
+from tests.sse import (
+    delta,
+    lookup,
+    request,
+    sse,
+)
 
 
 @pytest.fixture
-def server() -> Iterator[t.LoopbackServer]:
-    with t.LoopbackServer() as server:
-        yield server
-
-
-def request(text: str = "hi", step: int = 1) -> ProviderRequest:
-    return ProviderRequest(messages=(UserMessage(content=text),), step=step)
-
-
-def sse(*chunks: Any, done: bool = True) -> t.RawResponse:
-    """A hand-written event stream (for server behaviours the script does not cover)."""
-    body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + (
-        "data: [DONE]\n\n" if done else ""
-    )
-    return t.response(body, content_type="text/event-stream")
-
-
-def delta(finish: str | None = None, **fields: Any) -> dict[str, Any]:
-    return {"choices": [{"index": 0, "delta": fields, "finish_reason": finish}]}
-
-
-@ra.tool
-async def lookup(key: str) -> str:
-    """Look a key up."""
-    return key.upper()
+def server(loopback_server: t.LoopbackServer) -> t.LoopbackServer:
+    return loopback_server  # (the rxagent.testing pytest plugin's)
 
 
 # -- streaming ---------------------------------------------------------------------------

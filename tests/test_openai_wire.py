@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,8 +20,7 @@ from hypothesis import strategies as st
 import rxagent as ra
 from rxagent import testing as t
 from rxagent.events import ReasoningDelta, StepRetry, TextDelta
-from rxagent.messages import UserMessage
-from rxagent.providers.base import Finish, ProviderRequest, ToolCallReady
+from rxagent.providers.base import Finish, ToolCallReady
 from rxagent.providers.openai import (
     ConnectionFailed,
     DeadlineExceeded,
@@ -30,41 +28,22 @@ from rxagent.providers.openai import (
     MalformedStream,
     RetryPolicy,
     StreamStalled,
-    _ChunkParser,
-    _SSEDecoder,
 )
+from rxagent.providers.openai._assembly import ChunkAssembler
+from rxagent.providers.openai._wire import SSEDecoder
 from tests.helpers import collect
+from tests.sse import (
+    chunk_item,
+    delta,
+    lookup,
+    request,
+    sse,
+)
 
 
 @pytest.fixture
-def server() -> Iterator[t.LoopbackServer]:
-    with t.LoopbackServer() as server:
-        yield server
-
-
-def request(text: str = "hi") -> ProviderRequest:
-    return ProviderRequest(messages=(UserMessage(content=text),))
-
-
-def sse(*chunks: Any, done: bool = True) -> t.RawResponse:
-    body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + (
-        "data: [DONE]\n\n" if done else ""
-    )
-    return t.response(body, content_type="text/event-stream")
-
-
-def delta(finish: str | None = None, **fields: Any) -> dict[str, Any]:
-    return {"choices": [{"index": 0, "delta": fields, "finish_reason": finish}]}
-
-
-def chunk_item(chunk: dict[str, Any]) -> t.Raw:
-    return t.raw(f"data: {json.dumps(chunk)}\n\n")
-
-
-@ra.tool
-def lookup(key: str) -> str:
-    """Look a key up."""
-    return key.upper()
+def server(loopback_server: t.LoopbackServer) -> t.LoopbackServer:
+    return loopback_server  # (the rxagent.testing pytest plugin's)
 
 
 # -- tool calls in the shapes servers send ------------------------------------------------
@@ -349,8 +328,8 @@ def test_any_split_of_valid_fragments_assembles_to_the_same_calls(
     expected, body, _shape = stream
     cuts = sorted(data.draw(st.sets(st.integers(1, len(body) - 1), max_size=12)))
     blocks = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
-    decoder = _SSEDecoder(1 << 20)
-    parser = _ChunkParser(step=1)
+    decoder = SSEDecoder(1 << 20)
+    parser = ChunkAssembler(step=1)
     out: list[Any] = []
     for block in blocks:
         for event, payload in decoder.feed(block):
@@ -379,4 +358,4 @@ async def test_what_comes_after_the_finish_reason_cannot_undo_the_answer(
         got = await collect(ra.Agent(server.provider()).run("go"))
     assert got.error is None, got.error
     assert got.events[-1].run.text == "Hello"
-    assert "after its finish reason" in caplog.text
+    assert "sent after its answer" in caplog.text

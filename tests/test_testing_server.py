@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import time
@@ -188,3 +189,119 @@ def test_the_pytest_fixtures(pytester: pytest.Pytester) -> None:
     # -p works whether or not the pytest11 entry point is installed (it has the same name).
     result = pytester.runpytest_inprocess("-p", "rxagent.testing.pytest_plugin")
     result.assert_outcomes(passed=1)
+
+
+def test_a_chunked_request_body_and_expect_100_continue(server: t.LoopbackServer) -> None:
+    server.push(["ok"])
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    connection.putrequest("POST", "/v1/chat/completions")
+    connection.putheader("content-type", "application/json")
+    connection.putheader("transfer-encoding", "chunked")
+    connection.putheader("expect", "100-continue")
+    connection.endheaders()
+    for piece in (body[:10], body[10:]):
+        connection.send(b"%x\r\n%s\r\n" % (len(piece), piece.encode()))
+    connection.send(b"0\r\n\r\n")
+    answer = connection.getresponse()
+    assert answer.status == 200
+    assert json.loads(answer.read())["choices"][0]["message"]["content"] == "ok"
+    connection.close()
+    assert server.requests[0].last_user_message == "hi"
+
+
+def test_connection_close_and_a_request_that_is_not_http(server: t.LoopbackServer) -> None:
+    import socket
+
+    server.push(["ok"])
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+        body = b'{"model": "m", "messages": []}'
+        raw.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
+            b"content-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        received = b"".join(iter(lambda: raw.recv(65536), b""))  # until the server closes
+    assert received.startswith(b"HTTP/1.1 200 ") and b'"content": "ok"' in received
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+        raw.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        received = b"".join(iter(lambda: raw.recv(65536), b""))
+    assert received.startswith(b"HTTP/1.1 400 ") and b"not HTTP/1.1" in received
+    assert len(server.requests) == 1
+
+
+def test_keep_alive_and_no_response_faults(server: t.LoopbackServer) -> None:
+    server.push(["a", t.keep_alive(every=0.01)], t.no_response())
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    body = json.dumps({"model": "m", "messages": [], "stream": True})
+    connection.request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
+    answer = connection.getresponse()
+    seen = b""
+    while seen.count(b": keep-alive\n\n") < 3:
+        seen += answer.read1(65536)
+    assert b'"content":"a"' in seen and b"[DONE]" not in seen
+    connection.close()
+    assert server.requests[0].wait_ended() == "disconnected"
+
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=0.3)
+    connection.request("POST", "/v1/chat/completions", "{}", {"content-type": "application/json"})
+    with pytest.raises(TimeoutError):
+        connection.getresponse()
+    connection.close()
+    assert server.requests[1].wait_ended() == "disconnected"
+
+
+async def test_scripted_provider_plays_gates_and_finish_reasons() -> None:
+    gate = t.Gate()
+    provider = ra.ScriptedProvider([["one ", gate, "two", t.finish("length")]])
+    run = ra.Agent(provider).run("hi")
+    texts: list[str] = []
+    ends: list[str | None] = []
+
+    def on_event(event: ra.AgentEvent) -> None:
+        if isinstance(event, ra.events.TextDelta):
+            texts.append(event.text)
+        if isinstance(event, ra.events.StepCompleted):
+            ends.append(event.outcome.finish_reason)
+
+    run.subscribe(on_event)
+    assert await asyncio.to_thread(gate.wait_reached, 5)
+    assert texts == ["one "] and not gate.is_open  # the play waits at the gate
+    gate.open()
+    result = await asyncio.wait_for(ra.collect_final(run), 5)
+    assert result.text == "one two" and ends == ["length"]
+
+
+def test_importing_rxagent_does_not_import_openai() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, rxagent, rxagent.testing\n"
+        "assert 'openai' not in sys.modules, sorted(sys.modules)\n"
+        "rxagent.OpenAIProvider\n"
+        "assert 'openai' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_an_http_1_0_client_gets_the_stream_until_the_connection_closes(
+    server: t.LoopbackServer,
+) -> None:
+    import socket
+
+    server.push(["Hel", "lo"])
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+        body = b'{"model": "m", "messages": [], "stream": true}'
+        raw.sendall(
+            b"POST /v1/chat/completions HTTP/1.0\r\ncontent-length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+        received = b"".join(iter(lambda: raw.recv(65536), b""))
+    head, _, stream = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"chunked" not in head.lower()
+    events = [e for e in stream.decode().split("\n\n") if e]
+    assert events[-1] == "data: [DONE]" and all(e.startswith("data: ") for e in events)
+    assert (
+        "".join(json.loads(e[6:])["choices"][0]["delta"].get("content") or "" for e in events[:-2])
+        == "Hello"
+    )

@@ -7,9 +7,10 @@ items, or :func:`reply`), a whole-response answer (:func:`status`,
 one of those.
 
 Items of a streamed reply, sent in order. The common ones are those of
-:mod:`rxagent.scripted` (``call``, ``reasoning``, ``usage``, ``delay``, and
-``hang`` alias ``stall``), so one script plays on ``ScriptedProvider`` offline or
-here over HTTP:
+:mod:`rxagent.scripted` (``call``, ``reasoning``, ``usage``, ``finish``,
+``delay``, :class:`Gate`, and ``hang`` alias ``stall``), read by the same
+:func:`rxagent.scripted.play`, so one script plays on ``ScriptedProvider``
+offline or here over HTTP:
 
 * a ``str``: a piece of assistant text (one chunk);
 * :func:`call`: a tool call, its JSON arguments split into fragments (only the
@@ -29,9 +30,7 @@ here over HTTP:
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -39,9 +38,12 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 from rxagent.providers.scripted import (
     Call,
     Delay,
+    Finish,
+    Gate,
     Reasoning,
     call,
     delay,
+    finish,
     reasoning,
     usage,
 )
@@ -96,13 +98,6 @@ __all__ = [
 
 # -- items of a streamed reply ----------------------------------------------------------
 @dataclass(frozen=True)
-class Finish:
-    """The finish reason, sent here instead of at the end."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
 class Disconnect:
     """Fault: the server drops the connection here, in the middle of the body."""
 
@@ -136,67 +131,6 @@ class Raw:
     """Bytes sent exactly as they are (you write the SSE framing)."""
 
     data: bytes
-
-
-class Gate:
-    """A point in a reply where the server waits until the test calls :meth:`open`.
-
-    Use it to check what a client does while the server is still streaming::
-
-        gate = t.Gate()
-        server.push(["first", gate, "last"])
-        ...  # the first delta has arrived, the last has not been sent
-        gate.open()
-
-    ``reached`` says whether the server has got to the gate. Thread-safe.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._open = False
-        self._reached = threading.Event()
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-
-    @property
-    def is_open(self) -> bool:
-        return self._open
-
-    @property
-    def reached(self) -> bool:
-        """Whether the server has arrived at the gate."""
-        return self._reached.is_set()
-
-    def wait_reached(self, timeout: float = 5.0) -> bool:
-        """Block until the server arrives at the gate; ``False`` on timeout."""
-        return self._reached.wait(timeout)
-
-    def open(self) -> None:
-        """Let the server go on past the gate (now and whenever it arrives later)."""
-        with self._lock:
-            self._open = True
-            waiters, self._waiters = self._waiters, []
-        for loop, future in waiters:
-            loop.call_soon_threadsafe(_settle, future)
-
-    async def _pass(self) -> None:
-        """Wait on the server's loop until the gate is open."""
-        self._reached.set()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        with self._lock:
-            if self._open:
-                return
-            self._waiters.append((loop, future))
-        await future
-
-    def __repr__(self) -> str:
-        state = "open" if self._open else ("reached" if self.reached else "closed")
-        return f"<Gate {state}>"
-
-
-def _settle(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 Item: TypeAlias = (
@@ -260,11 +194,6 @@ Turn: TypeAlias = "str | Sequence[Item] | Answer | Callable[[RecordedRequest], T
 
 
 # -- the helpers ------------------------------------------------------------------------
-def finish(reason: str) -> Finish:
-    """Send the finish reason here (``stop``, ``tool_calls``, ``length``, ...)."""
-    return Finish(reason)
-
-
 def disconnect() -> Disconnect:
     """Drop the connection here, mid-body (the client sees an incomplete stream)."""
     return Disconnect()

@@ -1,11 +1,13 @@
 """LoopbackServer: an OpenAI-compatible chat-completions server on 127.0.0.1.
 
 It speaks HTTP/1.1 with keep-alive (as the ``openai`` SDK's connection pool
-expects) and answers ``POST .../chat/completions`` from a script, streaming
-Server-Sent Events in chunked transfer encoding when the request asks for
-``stream: true``. It runs on an event loop of its own in a daemon thread, so
-the same server serves async tests, sync scripts and notebooks alike, and the
-client's event loop is never the server's.
+expects; the protocol is h11's) and answers ``POST .../chat/completions`` from
+a script, streaming Server-Sent Events in chunked transfer encoding when the
+request asks for ``stream: true``. The script's items are read by
+:func:`rxagent.scripted.play`, as ``ScriptedProvider`` reads them, and the
+chunks it yields are encoded for the wire here. It runs on an event loop of its
+own in a daemon thread, so the same server serves async tests, sync scripts and
+notebooks alike, and the client's event loop is never the server's.
 """
 
 from __future__ import annotations
@@ -18,21 +20,21 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from http import HTTPStatus
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
+import h11
+
+from rxagent.events import ReasoningDelta, TextDelta, ToolArgsDelta, UsageDelta
+from rxagent.providers.base import Finish, ToolCallReady
+from rxagent.providers.scripted import play
 from rxagent.testing._script import (
     Answer,
-    Call,
-    Delay,
     Disconnect,
     ErrorEvent,
-    Finish,
-    Gate,
     HangUp,
-    Item,
     KeepAlive,
     Malformed,
     NoResponse,
@@ -40,7 +42,6 @@ from rxagent.testing._script import (
     RawResponse,
     Reasoning,
     Reply,
-    Stall,
     Status,
     Turn,
     Usage,
@@ -180,67 +181,72 @@ class _BadRequest(Exception):
 
 
 class _Connection:
-    """One client connection: a read buffer over the stream reader, and the writer."""
+    """One client connection: h11 speaks its HTTP/1.1 over the stream reader and writer."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        self.buffer = bytearray()
+        self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
 
-    async def _fill(self) -> bool:
+    async def _receive(self) -> bool:
+        """Read what the client sent into h11; ``False`` when it closed the connection."""
         try:
             data = await self.reader.read(65536)
         except (ConnectionError, OSError):
-            return False
-        if not data:
-            return False
-        self.buffer += data
-        return True
+            data = b""
+        if self.http.their_state is not h11.CLOSED:
+            self.http.receive_data(data)  # b"": the client closed its side
+        return bool(data)
 
-    async def read_head(self) -> bytes | None:
+    async def _next_event(self) -> Any:
         while True:
-            end = self.buffer.find(b"\r\n\r\n")
-            if end >= 0:
-                head = bytes(self.buffer[:end])
-                del self.buffer[: end + 4]
-                return head
-            if len(self.buffer) > _MAX_HEAD:
-                raise _BadRequest("request head too large")
-            if not await self._fill():
-                return None
+            event = self.http.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            await self._receive()
 
-    async def read_exactly(self, n: int) -> bytes:
-        while len(self.buffer) < n:
-            if not await self._fill():
-                raise _BadRequest("the client closed the connection mid-body")
-        data = bytes(self.buffer[:n])
-        del self.buffer[:n]
-        return data
-
-    async def read_line(self) -> bytes:
-        while True:
-            end = self.buffer.find(b"\r\n")
-            if end >= 0:
-                line = bytes(self.buffer[:end])
-                del self.buffer[: end + 2]
-                return line
-            if not await self._fill():
-                raise _BadRequest("the client closed the connection mid-body")
-
-    async def read_chunked(self) -> bytes:
+    async def read_request(self) -> tuple[h11.Request, bytes] | None:
+        """The next request and its body; ``None`` when the client is done with the connection."""
+        event = await self._next_event()
+        if type(event) is h11.ConnectionClosed:
+            return None
+        if type(event) is not h11.Request:
+            raise _BadRequest(f"expected a request, got {event!r}")
+        request = event
+        if self.http.they_are_waiting_for_100_continue:
+            await self.send(h11.InformationalResponse(status_code=100, headers=[]))
         body = bytearray()
         while True:
-            size = int((await self.read_line()).split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                while await self.read_line():  # trailers, up to the blank line
-                    pass
-                return bytes(body)
-            body += await self.read_exactly(size)
-            await self.read_line()
+            event = await self._next_event()
+            if type(event) is h11.Data:
+                body += event.data
+            elif type(event) is h11.EndOfMessage:
+                return request, bytes(body)
+            else:
+                raise _BadRequest("the client closed the connection mid-body")
+
+    async def send(self, *events: Any) -> None:
+        data = b"".join(self.http.send(event) or b"" for event in events)
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def respond(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
+        """A whole answer: status, headers (a content length added), body."""
+        fields = [(name, value) for name, value in headers.items()]
+        fields.append(("content-length", str(len(body))))
+        response = h11.Response(status_code=status, headers=fields, reason=_reason(status))
+        await self.send(response, h11.Data(data=body), h11.EndOfMessage())
+
+    def next_cycle(self) -> bool:
+        """After an answer sent in full: whether the connection can take another request."""
+        if self.http.our_state is h11.DONE and self.http.their_state is h11.DONE:
+            self.http.start_next_cycle()
+            return True
+        return False
 
     async def gone(self) -> None:
         """Return when the client closes the connection (data it sends meanwhile is kept)."""
-        while await self._fill():
+        while await self._receive():
             pass
 
 
@@ -468,6 +474,12 @@ class LoopbackServer:
         try:
             while await self._one_exchange(connection):
                 pass
+        except h11.RemoteProtocolError as error:
+            with contextlib.suppress(Exception):
+                body = json.dumps(_error_body(f"not HTTP/1.1 this server reads: {error}"))
+                await connection.respond(
+                    error.error_status_hint, body.encode(), {"content-type": "application/json"}
+                )
         except (ConnectionError, OSError, _BadRequest, asyncio.CancelledError):
             pass
         except Exception:  # a bug, here or in a scripted item: say so, drop the connection
@@ -479,45 +491,32 @@ class LoopbackServer:
 
     async def _one_exchange(self, connection: _Connection) -> bool:
         """Read one request and answer it; whether the connection stays open."""
-        head = await connection.read_head()
-        if head is None:
+        received = await connection.read_request()
+        if received is None:
             return False
-        lines = head.decode("latin-1").split("\r\n")
-        try:
-            method, target, _version = lines[0].split(" ", 2)
-        except ValueError:
-            await self._send_json(connection, 400, _error_body("malformed request line"))
-            return False
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        if headers.get("expect", "").lower() == "100-continue":
-            connection.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            body_bytes = await connection.read_chunked()
-        else:
-            body_bytes = await connection.read_exactly(int(headers.get("content-length", "0")))
-        keep_alive = headers.get("connection", "").lower() != "close"
-        path = target.split("?", 1)[0]
+        head, body_bytes = received
+        method = head.method.decode("latin-1")
+        target = head.target.decode("latin-1")
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in head.headers}
+        path = target.split("?", 1)[0].rstrip("/")
 
-        if method == "GET" and path.rstrip("/").endswith("/models"):
+        if method == "GET" and path.endswith("/models"):
             models = {
                 "object": "list",
                 "data": [{"id": self.model, "object": "model", "owned_by": "rxagent"}],
             }
             await self._send_json(connection, 200, models)
-            return keep_alive
-        if method != "POST" or not path.rstrip("/").endswith("/chat/completions"):
+            return connection.next_cycle()
+        if method != "POST" or not path.endswith("/chat/completions"):
             await self._send_json(
                 connection, 404, _error_body(f"no route for {method} {path}", "not_found")
             )
-            return keep_alive
+            return connection.next_cycle()
         try:
             body = json.loads(body_bytes or b"null")
         except ValueError as error:
             await self._send_json(connection, 400, _error_body(f"the body is not JSON: {error}"))
-            return keep_alive
+            return connection.next_cycle()
 
         request = RecordedRequest(len(self._requests), method, target, headers, body)
         self._record(request)
@@ -525,7 +524,7 @@ class LoopbackServer:
         if isinstance(answer, str):  # the script could not answer: say why
             await self._send_json(connection, 400, _error_body(answer, "loopback_script_error"))
             request._end("completed")
-            return keep_alive
+            return connection.next_cycle()
         if isinstance(answer, HangUp):
             request._end("closed")
             return False
@@ -537,11 +536,11 @@ class LoopbackServer:
             problem = _error_body(answer.message, answer.type, answer.code)
             await self._send_json(connection, answer.status, problem, answer.headers)
             request._end("completed")
-            return keep_alive
+            return connection.next_cycle()
         if isinstance(answer, RawResponse):
-            await self._send(connection, answer.status, answer.body, answer.headers)
+            await connection.respond(answer.status, answer.body, answer.headers)
             request._end("completed")
-            return keep_alive
+            return connection.next_cycle()
         # A reply: race it against the client going away, so that a disconnect is
         # seen at once even while the reply waits (a delay, a gate, a stall).
         answering = asyncio.ensure_future(self._reply(connection, request, answer))
@@ -567,7 +566,7 @@ class LoopbackServer:
                 await answering
             outcome = "disconnected"
         request._end(outcome)
-        return keep_alive and outcome == "completed"
+        return outcome == "completed" and connection.next_cycle()
 
     def _answer_for(self, request: RecordedRequest) -> Answer | str:
         with self._lock:
@@ -588,14 +587,17 @@ class LoopbackServer:
         self, connection: _Connection, request: RecordedRequest, reply: Reply
     ) -> Outcome:
         delay = self.chunk_delay if reply.chunk_delay is None else reply.chunk_delay
-        if request.stream:
-            self._streams[0] += 1
-            try:
-                streamer = _Streamer(connection, request, self.model, delay, self._streams)
-                return await streamer.play(reply.items)
-            finally:
-                self._streams[0] -= 1
-        return await _play_whole(connection, request, self.model, reply.items)
+        chunks = play(
+            reply.items, call_ids=f"call_loopback_{request.index + 1}_", pace=delay, wire=True
+        )
+        if not request.stream:
+            return await _play_whole(connection, request, self.model, chunks)
+        self._streams[0] += 1
+        try:
+            stream = _Stream(connection, request, delay, self._streams)
+            return await stream.play(_ChatEncoder(stream, request, self.model), chunks)
+        finally:
+            self._streams[0] -= 1
 
     async def _send_json(
         self,
@@ -604,40 +606,100 @@ class LoopbackServer:
         body: Any,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        await self._send(
-            connection,
+        await connection.respond(
             status,
             json.dumps(body).encode(),
             {"content-type": "application/json", **dict(headers or {})},
         )
 
-    async def _send(
-        self, connection: _Connection, status: int, body: bytes, headers: Mapping[str, str]
-    ) -> None:
-        lines = [f"HTTP/1.1 {status} {_reason(status)}", f"content-length: {len(body)}"]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        connection.writer.write(head + body)
-        await connection.writer.drain()
 
-
-class _Streamer:
-    """Plays a reply's items as chat-completion chunks over SSE in chunked encoding."""
+class _Stream:
+    """A streamed answer: Server-Sent Events in chunked encoding, and the faults that break it."""
 
     def __init__(
         self,
         connection: _Connection,
         request: RecordedRequest,
-        model: str,
         delay: float,
         streams: list[int],
     ) -> None:
-        self.writer = connection.writer
-        self.streams = streams
+        self.connection = connection
         self.request = request
         self.delay = delay
-        self.sent_any = False
+        self.streams = streams
         self.written = 0
+        version = connection.http.their_http_version
+        #: Whether h11 frames this answer in chunks (it does for an HTTP/1.1 client).
+        self.chunked = version is not None and version >= b"1.1"
+
+    async def play(self, encoder: _ChatEncoder, chunks: AsyncIterator[Any]) -> Outcome:
+        """Send the head, then each chunk as the encoder puts it, then the end."""
+        head = h11.Response(
+            status_code=200,
+            headers=[
+                ("content-type", "text/event-stream; charset=utf-8"),
+                ("cache-control", "no-cache"),
+                ("x-request-id", f"req_loopback_{self.request.index + 1}"),
+            ],
+        )
+        await self.connection.send(head)
+        await encoder.start()
+        async for chunk in chunks:
+            kind = type(chunk)
+            if kind is Disconnect:
+                return "closed"
+            if kind is KeepAlive:
+                while True:  # until the client leaves or the server stops
+                    await self.write(b": keep-alive\n\n")
+                    await asyncio.sleep(chunk.every)
+            elif kind is Raw:
+                await self.write(chunk.data)
+            elif kind is Malformed:
+                await self.data(chunk.payload)
+            elif kind is ErrorEvent:
+                await encoder.error(chunk)
+                await self.end()  # OpenAI ends the body after an error event, without [DONE]
+                return "completed"
+            else:
+                await encoder.chunk(chunk)
+        await encoder.end()
+        await self.end()
+        return "completed"
+
+    async def data(self, payload: str, event: str | None = None) -> None:
+        """One event: its ``data:`` line (and ``event:`` line, when named)."""
+        self.request.sent.append(payload)
+        line = b"data: " + payload.encode() + b"\n\n"
+        await self.write(line if event is None else b"event: " + event.encode() + b"\n" + line)
+
+    async def write(self, data: bytes) -> None:
+        writer = self.connection.writer
+        # The framing h11 would write for h11.Data, written here: h11's state machine
+        # costs 5 us a chunk, as much as the rest of the server's work per token, and
+        # a chunk changes no state (h11 still sends the head, chooses the framing from
+        # the client's HTTP version, sends the end and keeps the connection's state).
+        writer.write(b"%x\r\n%s\r\n" % (len(data), data) if self.chunked else data)
+        await writer.drain()
+        self.written += 1
+        if not self.delay and (self.streams[0] > 1 or self.written % 32 == 0):
+            # Take turns with the other streams chunk by chunk, as a fair server does;
+            # a stream on its own goes out in bursts (drain() waits only for a client
+            # that reads slower than the server writes).
+            await asyncio.sleep(0)
+
+    async def end(self) -> None:
+        await self.connection.send(h11.EndOfMessage())
+
+
+class _ChatEncoder:
+    """Provider chunks as ``chat.completion.chunk`` objects, the chat-completions stream."""
+
+    def __init__(self, stream: _Stream, request: RecordedRequest, model: str) -> None:
+        self.stream = stream
+        self.request = request
+        self.calls: dict[str, int] = {}
+        self.finished = False
+        self.usage: UsageDelta | Usage | None = None
         self.template = {
             "id": f"chatcmpl-loopback-{request.index + 1}",
             "object": "chat.completion.chunk",
@@ -646,79 +708,53 @@ class _Streamer:
             "system_fingerprint": None,
         }
 
-    async def play(self, items: Iterable[Item]) -> Outcome:
-        self.writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
-            b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n"
-            + f"x-request-id: req_loopback_{self.request.index + 1}\r\n\r\n".encode()
-        )
+    async def start(self) -> None:
         await self._choice({"role": "assistant", "content": ""})
-        calls = 0
-        finished = False
-        reported: Usage | None = None
-        for item in items:
-            if isinstance(item, str):
-                await self._choice({"content": item})
-            elif isinstance(item, Call):
-                await self._call(item, calls)
-                calls += 1
-            elif isinstance(item, Reasoning):
-                await self._choice({item.field: item.text})
-            elif isinstance(item, Usage):
-                reported = item
-            elif isinstance(item, Finish):
-                await self._choice({}, item.reason)
-                finished = True
-            elif isinstance(item, Delay):
-                await asyncio.sleep(item.seconds)
-            elif isinstance(item, Gate):
-                await item._pass()
-            elif isinstance(item, Disconnect):
-                return "closed"
-            elif isinstance(item, Stall):
-                await asyncio.Event().wait()  # until the client leaves or the server stops
-            elif isinstance(item, KeepAlive):
-                while True:  # until the client leaves or the server stops
-                    await self._write(b": keep-alive\n\n")
-                    await asyncio.sleep(item.every)
-            elif isinstance(item, Malformed):
-                await self._data(item.payload)
-            elif isinstance(item, ErrorEvent):
-                error = _error_body(item.message, item.type, item.code)
-                await self._data(json.dumps(error))
-                await self._end()  # OpenAI ends the body after an error event, without [DONE]
-                return "completed"
-            elif isinstance(item, Raw):
-                await self._write(item.data)
-            else:
-                raise TypeError(f"not a loopback script item: {item!r}")
-        if not finished:
-            await self._choice({}, "tool_calls" if calls else "stop")
-        options = self.request.body.get("stream_options") or {}
-        if reported is None and isinstance(options, dict) and options.get("include_usage"):
-            reported = _estimate_usage(self.request)
-        if reported is not None:
-            usage = {
-                "prompt_tokens": reported.prompt_tokens,
-                "completion_tokens": reported.completion_tokens,
-                "total_tokens": reported.prompt_tokens + reported.completion_tokens,
-            }
-            await self._data(json.dumps({**self.template, "choices": [], "usage": usage}))
-        await self._data("[DONE]")
-        await self._end()
-        return "completed"
 
-    async def _call(self, call: Call, index: int) -> None:
-        call_id = call.id or f"call_loopback_{self.request.index + 1}_{index + 1}"
-        first = {
-            "index": index,
-            "id": call_id,
-            "type": "function",
-            "function": {"name": call.name, "arguments": ""},
-        }
-        await self._choice({"tool_calls": [first]})
-        for piece in _split(call.arguments, call.fragments):
-            await self._choice({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+    async def chunk(self, chunk: Any) -> None:
+        kind = type(chunk)
+        if kind is TextDelta:
+            await self._choice({"content": chunk.text})
+        elif kind is ToolArgsDelta:
+            index = self.calls.get(chunk.call_id)
+            if index is None:  # a new call: its id and name first, as OpenAI sends them
+                index = self.calls[chunk.call_id] = len(self.calls)
+                function = {"name": chunk.name, "arguments": ""}
+                opening = {"index": index, "id": chunk.call_id, "type": "function"}
+                await self._choice({"tool_calls": [{**opening, "function": function}]})
+            piece = {"index": index, "function": {"arguments": chunk.delta}}
+            await self._choice({"tool_calls": [piece]})
+        elif kind is ToolCallReady:
+            pass  # a call is complete when the next begins or the choice finishes
+        elif kind is Reasoning:
+            await self._choice({chunk.field: chunk.text})
+        elif kind is ReasoningDelta:
+            await self._choice({"reasoning_content": chunk.text})
+        elif kind is UsageDelta:
+            self.usage = chunk  # reported after the finish chunk, as OpenAI does
+        elif kind is Finish:
+            self.finished = True
+            await self._choice({}, chunk.reason)
+        else:
+            raise TypeError(f"not a loopback script item: {chunk!r}")
+
+    async def error(self, item: ErrorEvent) -> None:
+        await self.stream.data(json.dumps(_error_body(item.message, item.type, item.code)))
+
+    async def end(self) -> None:
+        # (The script's Finish came: play() ends every reply with one.)
+        options = self.request.body.get("stream_options") or {}
+        usage: UsageDelta | Usage | None = self.usage
+        if usage is None and isinstance(options, dict) and options.get("include_usage"):
+            usage = _estimate_usage(self.request)
+        if usage is not None:
+            report = {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+            }
+            await self.stream.data(json.dumps({**self.template, "choices": [], "usage": report}))
+        await self.stream.data("[DONE]")
 
     async def _choice(self, delta: dict[str, Any], finish_reason: str | None = None) -> None:
         chunk = {
@@ -727,109 +763,67 @@ class _Streamer:
                 {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
             ],
         }
-        await self._data(json.dumps(chunk, separators=(",", ":")))
-
-    async def _data(self, payload: str) -> None:
-        if self.sent_any and self.delay:
-            await self.writer.drain()
-            await asyncio.sleep(self.delay)
-        self.sent_any = True
-        self.request.sent.append(payload)
-        await self._write(b"data: " + payload.encode() + b"\n\n")
-
-    async def _write(self, data: bytes) -> None:
-        self.writer.write(b"%x\r\n%s\r\n" % (len(data), data))
-        await self.writer.drain()
-        self.written += 1
-        if not self.delay and (self.streams[0] > 1 or self.written % 32 == 0):
-            # Take turns with the other streams chunk by chunk, as a fair server does;
-            # a stream on its own goes out in bursts (drain() waits only for a client
-            # that reads slower than the server writes).
-            await asyncio.sleep(0)
-
-    async def _end(self) -> None:
-        self.writer.write(b"0\r\n\r\n")
-        await self.writer.drain()
+        await self.stream.data(json.dumps(chunk, separators=(",", ":")))
 
 
 async def _play_whole(
-    connection: _Connection, request: RecordedRequest, model: str, items: Iterable[Item]
+    connection: _Connection, request: RecordedRequest, model: str, chunks: AsyncIterator[Any]
 ) -> Outcome:
     """Answer a non-streaming request with one ``chat.completion`` object."""
     text: list[str] = []
     thinking: list[str] = []
     calls: list[dict[str, Any]] = []
-    reported: Usage | None = None
+    usage: Any = None
     finish_reason: str | None = None
-    for item in items:
-        if isinstance(item, str):
-            text.append(item)
-        elif isinstance(item, Call):
-            calls.append(
-                {
-                    "id": item.id or f"call_loopback_{request.index + 1}_{len(calls) + 1}",
-                    "type": "function",
-                    "function": {"name": item.name, "arguments": item.arguments},
-                }
-            )
-        elif isinstance(item, Reasoning):
-            thinking.append(item.text)
-        elif isinstance(item, Usage):
-            reported = item
-        elif isinstance(item, Finish):
-            finish_reason = item.reason
-        elif isinstance(item, Delay):
-            await asyncio.sleep(item.seconds)
-        elif isinstance(item, Gate):
-            await item._pass()
-        elif isinstance(item, Disconnect):
+    async for chunk in chunks:
+        kind = type(chunk)
+        if kind is TextDelta:
+            text.append(chunk.text)
+        elif kind is ToolCallReady:
+            function = {"name": chunk.name, "arguments": chunk.arguments}
+            calls.append({"id": chunk.call_id, "type": "function", "function": function})
+        elif kind is Reasoning or kind is ReasoningDelta:
+            thinking.append(chunk.text)
+        elif kind is UsageDelta:
+            usage = chunk
+        elif kind is Finish:
+            finish_reason = finish_reason or chunk.reason
+        elif kind is Disconnect:
             return "closed"
-        elif isinstance(item, Stall | KeepAlive):
+        elif kind is KeepAlive:
             await asyncio.Event().wait()
-        elif isinstance(item, Malformed | Raw):
-            data = item.payload.encode() if isinstance(item, Malformed) else item.data
-            await _write_whole(connection, 200, data)
+        elif kind is Malformed or kind is Raw:
+            data = chunk.payload.encode() if kind is Malformed else chunk.data
+            await connection.respond(200, data, {"content-type": "application/json"})
             return "completed"
-        elif isinstance(item, ErrorEvent):
-            body = json.dumps(_error_body(item.message, item.type, item.code)).encode()
-            await _write_whole(connection, 500, body)
+        elif kind is ErrorEvent:
+            body = json.dumps(_error_body(chunk.message, chunk.type, chunk.code)).encode()
+            await connection.respond(500, body, {"content-type": "application/json"})
             return "completed"
     message: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None}
     if thinking:
         message["reasoning_content"] = "".join(thinking)
     if calls:
         message["tool_calls"] = calls
-    reported = reported or _estimate_usage(request)
+    usage = usage or _estimate_usage(request)
     completion = {
         "id": f"chatcmpl-loopback-{request.index + 1}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": request.model or model,
         "choices": [
-            {
-                "index": 0,
-                "message": message,
-                "logprobs": None,
-                "finish_reason": finish_reason or ("tool_calls" if calls else "stop"),
-            }
+            {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
         ],
         "usage": {
-            "prompt_tokens": reported.prompt_tokens,
-            "completion_tokens": reported.completion_tokens,
-            "total_tokens": reported.prompt_tokens + reported.completion_tokens,
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
         },
     }
-    await _write_whole(connection, 200, json.dumps(completion).encode())
-    return "completed"
-
-
-async def _write_whole(connection: _Connection, status: int, body: bytes) -> None:
-    head = (
-        f"HTTP/1.1 {status} {_reason(status)}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\n\r\n"
+    await connection.respond(
+        200, json.dumps(completion).encode(), {"content-type": "application/json"}
     )
-    connection.writer.write(head.encode() + body)
-    await connection.writer.drain()
+    return "completed"
 
 
 def _estimate_usage(request: RecordedRequest) -> Usage:
@@ -848,13 +842,6 @@ def _reason(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return "Unknown"
-
-
-def _split(text: str, pieces: int) -> list[str]:
-    if pieces <= 1 or len(text) <= 1:
-        return [text]
-    size = -(-len(text) // pieces)
-    return [text[i : i + size] for i in range(0, len(text), size)]
 
 
 async def _wait_future(future: concurrent.futures.Future[Any], timeout: float) -> None:  # noqa: ASYNC109
