@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 import reactivex as rx
+from reactivex.subject import Subject
+from reactivex.testing import TestScheduler
 
 import rxagent as ra
 from rxagent import approval, live
@@ -185,24 +187,32 @@ async def test_updates_are_coalesced_so_a_long_run_publishes_a_few_not_one_per_t
     assert "".join(pieces).strip() in capture.texts[-1]
 
 
-async def test_a_coalesced_display_publishes_at_most_once_per_interval() -> None:
-    interval = 0.05
-    pieces = [f"t{i} " for i in range(60)]
-    run = ra.Agent(ra.ScriptedProvider([pieces], chunk_delay=0.005)).run("go")
+def test_a_coalesced_display_publishes_the_latest_state_once_per_interval() -> None:
+    # Virtual time: the display's clock is a TestScheduler; events come from a Subject.
+    clock = TestScheduler()
+    events: Subject[ra.AgentEvent] = Subject()
     capture = Capture()
+    shown = display(
+        events, publisher=capture.publisher(), interval=1.0, refresh=None, scheduler=clock
+    )
+    assert len(capture.items) == 1  # the display itself, at once
 
-    started = time.monotonic()
-    shown = attach(run, capture, interval=interval)
-    await asyncio.wait_for(shown, LIMIT)
-    elapsed = time.monotonic() - started
-
-    published = len(capture.items)
-    # Many fewer updates than events, bounded by the time the run took (first and final
-    # publications aside), and more than just those two: the display updated live.
-    assert published < len(run.events) / 2
-    assert 2 < published <= elapsed / interval + 3
-    assert all(i.events < len(run.events) for i in capture.items[:-1])
-    assert capture.items[-1].events == len(run.events)
+    events.on_next(ev.RunStarted(step=1, input=ra.Conversation.of("go")))
+    events.on_next(ev.StepStarted(step=1))
+    for i in range(10):  # ten tokens within the first second: one update, with all ten
+        clock.advance_by(0.09)
+        events.on_next(ev.TextDelta(step=1, text=f"t{i} "))
+    clock.advance_by(0.2)  # 1.1 s
+    assert len(capture.items) == 2 and capture.items[1].events == 12
+    assert "t9" in capture.texts[1]
+    clock.advance_by(5)  # nothing new: nothing published
+    assert len(capture.items) == 2
+    events.on_next(ev.TextDelta(step=1, text="more"))
+    assert len(capture.items) == 2  # waits for the next tick of the interval
+    clock.advance_by(1)
+    assert len(capture.items) == 3 and "more" in capture.texts[2]
+    events.on_completed()  # the end is published at once
+    assert len(capture.items) == 4 and shown.done
 
 
 async def test_running_calls_elapsed_times_move_even_without_events() -> None:
