@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import functools
 import inspect
@@ -27,7 +28,13 @@ from rxagent.aio import (
 )
 from rxagent.errors import AgentError, ApprovalError, ToolArgumentsError
 from rxagent.events import AgentEvent, AgentRun, RunCompleted, RunStarted
-from rxagent.messages import Conversation, ConversationInput, ToolCallStatus
+from rxagent.messages import (
+    AssistantMessage,
+    Conversation,
+    ConversationInput,
+    ToolCallStatus,
+    ToolMessage,
+)
 from rxagent.ops._collect import missing_end
 from rxagent.ops._fan_out import ToolContext
 from rxagent.ops._step import BeforeHook, StepConfig
@@ -207,15 +214,24 @@ class Agent:
         cancel: Observable[Any] | None,
         interrupt: Callable[[], None] | None,
     ) -> Observable[AgentEvent]:
-        """One run's events on ``conversation`` (cold, not multicast)."""
-        config = self.config if cancel is None else dataclasses.replace(self.config, cancel=cancel)
+        """One run's events on ``conversation`` (cold, not multicast).
+
+        A conversation whose history handed off to other agents goes on with the last
+        of them (its config), under this agent's policy: a run paused after a handoff
+        resumes where it was.
+        """
+        history = Conversation.of(conversation)
+        current = self.handed_off_to(history)
+        config = (
+            current.config if cancel is None else dataclasses.replace(current.config, cancel=cancel)
+        )
         events = run_steps(
             config,
             self.policy,
-            conversation,
+            history,
             scheduler=self.scheduler,
             interrupt=interrupt,
-            agent=self.name,
+            agent=current.name,
         )
         if self.after is not None:
             events = events.pipe(_after(self.after))
@@ -232,12 +248,33 @@ class Agent:
         the waiting calls, ...).
         """
         conversation = Conversation.of(input)
-        self._check_resumable(conversation)
+        self.handed_off_to(conversation)._check_resumable(conversation)
 
         def build(cancel: _Latch) -> Observable[AgentEvent]:
             return self._events(conversation, cancel, cancel.fire)
 
         return Run(build, conversation)
+
+    def handed_off_to(self, conversation: Conversation) -> Agent:
+        """The agent ``conversation``'s handoffs left it with (this one if none did).
+
+        The answered handoff calls of its history (``ra.handoff(agent)`` tools that
+        completed), followed in order from this agent, each through the tools of the
+        agent before it; the first of a turn counts, as in a run.
+        """
+        answered = {
+            m.tool_call_id for m in conversation if isinstance(m, ToolMessage) and not m.is_error
+        }
+        agent: Agent = self
+        for message in conversation:
+            if not isinstance(message, AssistantMessage):
+                continue
+            for call in message.tool_calls:
+                target = getattr(agent.tools.get(call.name), "handoff_agent", None)
+                if isinstance(target, Agent) and call.id in answered:
+                    agent = target
+                    break
+        return agent
 
     def _check_resumable(self, conversation: Conversation) -> None:
         turn = conversation.open_turn()
@@ -582,7 +619,9 @@ class Run(DirectObservable[AgentEvent]):
     def result(self, timeout: float | None = None) -> AgentRun:
         """Block until the run ends and return it; not from the run's own event loop.
 
-        As with :func:`collect_final`, its ``messages`` are your own copy.
+        As with :func:`collect_final`, its ``messages`` are your own copy. When
+        ``timeout`` seconds pass first, it raises ``TimeoutError`` and stops waiting:
+        a run nobody else observes is then cancelled.
         """
         if self._state == "done":
             return _final_of(self._events, self._error)
@@ -594,7 +633,12 @@ class Run(DirectObservable[AgentEvent]):
             )
         _check_alive(loop)
         future = asyncio.run_coroutine_threadsafe(collect_final(self), loop)
-        return future.result(timeout)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            # Given up on: stop waiting, which (as the last observer leaving) cancels it.
+            future.cancel()
+            raise
 
 
 _NOTHING_YET = RunState()

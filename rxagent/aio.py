@@ -137,6 +137,11 @@ class DirectObservable(Observable[_T]):
         return self._subscribe_core(Observer(on_next, on_error, on_completed), scheduler)
 
 
+class SourceCancelled(Exception):
+    """An async iterable raised ``CancelledError`` that was not its task's own
+    cancellation (it awaited something another party cancelled)."""
+
+
 def from_async_iterable(
     source: AsyncIterable[_T] | Callable[[], AsyncIterable[_T]],
 ) -> Observable[_T]:
@@ -164,9 +169,20 @@ def from_async_iterable(
                     if disposed:
                         return
                     observer.on_next(item)
-            except asyncio.CancelledError:
-                if not disposed:
-                    raise
+            except asyncio.CancelledError as error:
+                if disposed:
+                    return
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # this task is cancelled (the loop shuts down, say)
+                # The source itself raised it (a tool awaited something that another
+                # party cancelled): a failure of the source, or the stream would hang.
+                failure = SourceCancelled(
+                    f"the source was cancelled from within: it awaited something that was "
+                    f"cancelled{f' ({error})' if str(error) else ''}"
+                )
+                failure.__cause__ = error
+                _notify(observer.on_error, failure)
                 return
             except Exception as error:
                 if not disposed:

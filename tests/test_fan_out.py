@@ -464,3 +464,22 @@ async def test_tool_context_does_not_leak_into_what_follows_the_tool() -> None:
     await ra.collect_final(run)
     assert [e.output for e in run.events if isinstance(e, ToolCallEnded)] == ["req-a"]
     assert seen == ["none"]
+
+
+async def test_a_tool_that_awaits_something_cancelled_fails_and_the_run_goes_on() -> None:
+    # A CancelledError from inside the tool (not the run's cancellation) is a failure of
+    # the tool, reported to the model: it used to leave the run waiting for ever.
+    @ra.tool
+    async def flaky() -> str:
+        """Awaits a task that someone else cancels."""
+        task = asyncio.ensure_future(asyncio.Event().wait())
+        task.cancel()
+        await task
+        return "never"
+
+    provider = ra.ScriptedProvider([[s.call("flaky", id="f")], ["It failed; sorry."]])
+    run = ra.Agent(provider, tools=[flaky]).run("go")
+    result = await asyncio.wait_for(ra.collect_final(run), 5)
+    (end,) = [e for e in run.events if isinstance(e, ToolCallEnded)]
+    assert end.error is not None and "cancelled from within" in end.error
+    assert result.text == "It failed; sorry."

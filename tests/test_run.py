@@ -565,3 +565,13 @@ async def test_an_observer_that_raises_at_the_end_is_logged_not_lost(
         await asyncio.wait_for(finished.wait(), 1)
     logged = [r for r in caplog.records if r.name == "rxagent" and r.exc_info]
     assert [str(r.exc_info[1]) for r in logged if r.exc_info] == ["the view broke"]
+
+
+def test_a_result_that_times_out_stops_the_run_it_gave_up_on() -> None:
+    provider = ra.ScriptedProvider([["thinking...", s.hang()]])
+    run = ra.Agent(provider).run("go")
+    with pytest.raises(TimeoutError):
+        run.result(timeout=0.2)
+    # Nobody else observes it: giving up on it cancelled it, and its stream was closed.
+    final = run.result(timeout=5)
+    assert final.stop is ra.StopReason.CANCELLED and final.text == "thinking..."

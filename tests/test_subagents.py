@@ -320,3 +320,65 @@ def test_the_web_state_carries_the_nested_run() -> None:
     assert data["current_agent"] == "writer" and call["nested"]["text"] == "Rome: 3 million."
     assert call["nested"]["status"] == "completed"
     assert call["nested"]["current_agent"] == "researcher"
+
+
+async def test_a_run_paused_after_a_handoff_resumes_on_the_agent_it_was_handed_to() -> None:
+    # The README's advice for approvals in another agent: hand off; its approvals then
+    # pause the run itself, and resuming goes on with that agent, not the first.
+    done: list[str] = []
+
+    @ra.tool(approval=approval.require_approval("money"))
+    def refund(order: str) -> str:
+        """Refund an order."""
+        done.append(order)
+        return f"refunded {order}"
+
+    billing = ra.Agent(
+        ra.ScriptedProvider([[s.call("refund", {"order": "A1"}, id="r1")], ["Refunded."]]),
+        tools=[refund],
+        name="billing",
+    )
+    triage = ra.Agent(
+        ra.ScriptedProvider([[s.call("transfer_to_billing", id="h1")]]),
+        tools=[ra.handoff(billing)],
+        name="triage",
+    )
+    paused = await ra.collect_final(triage.run("refund A1"))
+    assert paused.stop is ra.StopReason.PAUSED and [c.id for c in paused.pending] == ["r1"]
+    assert triage.handed_off_to(paused.messages) is billing
+
+    decided = paused.messages.copy()
+    decided.approve("r1")
+    resumed = triage.run(decided)  # the first agent, as a caller (or a hub) would
+    result = await ra.collect_final(resumed)
+    assert result.text == "Refunded." and done == ["A1"]
+    started = resumed.events[0]
+    assert isinstance(started, ra.events.RunStarted) and started.agent == "billing"
+
+    # The same through the web hub: it resumes a paused run with the agent it started.
+    from rxagent.web import CallDecision, LocalHub
+
+    billing2 = ra.Agent(
+        ra.ScriptedProvider([[s.call("refund", {"order": "B2"}, id="r2")], ["Refunded B2."]]),
+        tools=[refund],
+        name="billing",
+    )
+    triage2 = ra.Agent(
+        ra.ScriptedProvider([[s.call("transfer_to_billing", id="h2")]]),
+        tools=[ra.handoff(billing2)],
+        name="triage",
+    )
+    hub = LocalHub({"triage": triage2})
+    try:
+        run_id = await hub.start("triage", "refund B2")
+        async for _ in hub.events(run_id, stop_at_pause=True):
+            pass
+        state = await hub.state(run_id)
+        assert state.status is ra.RunStatus.PAUSED and state.agent == "billing"
+        await hub.decide(run_id, [CallDecision(call_id="r2", decision="approve")])
+        async for _ in hub.events(run_id):
+            pass
+        final = await hub.state(run_id)
+        assert final.status is ra.RunStatus.COMPLETED and done == ["A1", "B2"]
+    finally:
+        await hub.close()
