@@ -13,6 +13,7 @@ import httpx
 import pytest
 import redis.asyncio as redis
 
+import rxagent as ra
 from rxagent import events as ev
 from rxagent.redis import Worker
 from rxagent.redis.hub import RedisHub
@@ -20,7 +21,7 @@ from rxagent.redis.testing import RedisServer
 from rxagent.state import RunStatus, fold
 from rxagent.web import AgentNotFound, CallDecision, InvalidDecision, RunConflict, RunNotFound
 from tests.redis_support import WebServers, assert_coherent, log_of, workers
-from tests.web_support import bank_agent, indexed_events, read_stream, sse_messages
+from tests.web_support import bank_agent, bank_turn, indexed_events, read_stream, sse_messages
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -166,3 +167,42 @@ def approve_and_cancel_across(a: str, b: str) -> str:
         assert on_a.post(f"/runs/{slow}/cancel").status_code == 409
         assert on_b.get("/runs/nope").status_code == 404
         return str(run_id)
+
+
+async def test_a_trimmed_log_resumes_after_a_pause_and_says_what_is_gone(
+    redis_client: redis.Redis,
+) -> None:
+    # max_events trims a run's stream once it has ended for good: a paused run, whose
+    # resume reads its whole log, is never trimmed; a reader asking for trimmed events of
+    # an ended run is told they are gone (it used to spin, and a resume to loop forever).
+    from rxagent.redis import LogSettings
+    from rxagent.web import EventsGone
+
+    chatty = bank_agent(
+        lambda request: (
+            [*(f"w{i} " for i in range(60)), *bank_turn(request)]
+            if not any(isinstance(m, ra.ToolMessage) for m in request.messages[-3:])
+            else [*(f"v{i} " for i in range(60)), *bank_turn(request)]
+        )
+    )
+    agents = {"bank": chatty}
+    hub = RedisHub(redis_client, agents)
+    worker = Worker(redis_client, agents, settings=LogSettings(max_events=20))
+    task = asyncio.create_task(worker.run())
+    try:
+        run_id = await hub.start("bank", "pay")
+        first = await collect(hub, run_id, stop_at_pause=True)
+        assert len(first) > 60 and [i for i, _ in first] == list(range(len(first)))
+        await hub.decide(run_id, [CallDecision("call_pay", "approve")])
+        state = await hub.state(run_id)
+        while not state.done or state.status is RunStatus.PAUSED:
+            await hub.read(run_id, after=state.events - 1, wait=5)
+            state = await hub.state(run_id)
+        assert state.status is RunStatus.COMPLETED and state.result is not None
+        assert state.result.text.endswith("Added 5 and paid Ana.")
+        with pytest.raises(EventsGone, match="no longer kept"):
+            await hub.read(run_id, after=None, wait=1)
+    finally:
+        await hub.close()
+        worker.stop(now=True)
+        await task

@@ -8,7 +8,6 @@ import asyncio
 import collections
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -169,13 +168,10 @@ async def test_cancel_and_approve_from_another_process(
         )
         async with asyncio.timeout(10):
             await first_text.wait()
-        asked = time.perf_counter()
-        assert await queue.cancel(run_id)
+        assert await queue.cancel(run_id)  # how fast: benchmarks/bench_redis.py
         result = await ra.collect_final(observe(redis_client, run_id))
-        took = time.perf_counter() - asked
         await watcher
         assert result.stop == "cancelled"
-        assert took < 1.0  # the goal is 100 ms on loopback: see benchmarks/bench_redis.py
         assert assert_coherent(await log_of(redis_client, run_id)) == result
         assert (await queue.info(run_id)).status is RunStatus.CANCELLED
         assert not await queue.cancel(run_id)  # over already

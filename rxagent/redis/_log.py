@@ -48,8 +48,10 @@ class LogSettings:
     * ``flush_interval``: the longest an event waits in the buffer before its batch is
       written (seconds, at most 0.01); step and run boundaries are written at once, and
       while a write is under way the next batch gathers behind it.
-    * ``max_events``: trim each run's stream to about this many events (``None``: keep
-      all; an observer asking for trimmed events gets ``EventsTrimmed``).
+    * ``max_events``: once a run has ended (completed, cancelled or failed; not while
+      it runs or waits paused, since a resume reads its whole log), trim its stream to
+      about this many events (``None``: keep all; an observer asking for trimmed
+      events gets ``EventsTrimmed``, a web hub reader ``EventsGone``).
     * ``ttl``: seconds a finished run's stream and metadata stay after it ends;
       ``paused_ttl`` the same for a paused run, waiting for decisions.
     * ``reconnect_window``: seconds to keep reconnecting after the connection was
@@ -124,6 +126,7 @@ class EventLog:
         self._buffer: list[str] = []
         self._meta: dict[str, str] = {}
         self._ttl = 0
+        self._trim = False
         self._on_lost = on_lost
         self._on_unreachable = on_unreachable
         self._loop = asyncio.get_running_loop()
@@ -194,6 +197,8 @@ class EventLog:
             self._ttl = (
                 self.settings.paused_ttl if state.status is RunStatus.PAUSED else self.settings.ttl
             )
+            # Trimmed once over for good: a paused run's resume reads its whole log.
+            self._trim = state.status is not RunStatus.PAUSED
 
     # -- writing -------------------------------------------------------------------------
     def _kick(self, *, now: bool) -> None:
@@ -221,9 +226,10 @@ class EventLog:
                 batch, self._buffer = self._buffer, []
                 meta, self._meta = self._meta, {}
                 ttl, self._ttl = self._ttl, 0
+                trim, self._trim = self._trim, False
                 ack, self._ack = self._ack, ""
                 try:
-                    await self._write(self._written, batch, meta, ttl, ack)
+                    await self._write(self._written, batch, meta, ttl, ack, trim)
                 except Exception as error:  # a reply Redis should never give
                     log.exception("run %s: writing its events failed; the run stops", self.run_id)
                     self.lost = True
@@ -238,13 +244,13 @@ class EventLog:
             self._pump = None
 
     async def _write(
-        self, first: int, batch: list[str], meta: dict[str, str], ttl: int, ack: str
+        self, first: int, batch: list[str], meta: dict[str, str], ttl: int, ack: str, trim: bool
     ) -> None:
         pairs = [item for pair in meta.items() for item in pair]
         args: list[Any] = [
             self.lease,
             first,
-            self.settings.max_events or 0,
+            (self.settings.max_events or 0) if trim else 0,
             ttl,
             len(meta),
             *pairs,

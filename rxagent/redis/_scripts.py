@@ -14,7 +14,8 @@ __all__ = ["Scripts"]
 # With a job id, the job is acknowledged (and deleted) in the same step: the run's
 # end and its job's end are one.
 #   KEYS: meta, events, jobs
-#   ARGV: lease, first index, maxlen (0: none), ttl (>0 expire, -1 persist, 0 keep),
+#   ARGV: lease, first index, maxlen (0: none; given once the run ended for good),
+#         ttl (>0 expire, -1 persist, 0 keep),
 #         n (meta field/value pairs), the pairs..., the events' JSON, one a line (one
 #         argument: the client encodes one string, not one per event), the consumer
 #         group, the job id to acknowledge ('' for none)
@@ -33,14 +34,13 @@ local index = first
 for event in string.gmatch(ARGV[pairs_end + 1] or '', '[^\\n]+') do
   if index > last then
     local id = '0-' .. string.format('%d', index + 1)
-    if maxlen > 0 then
-      redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, id, 'e', event)
-    else
-      redis.call('XADD', KEYS[2], id, 'e', event)
-    end
+    redis.call('XADD', KEYS[2], id, 'e', event)
     last = index
   end
   index = index + 1
+end
+if maxlen > 0 then
+  redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', maxlen)
 end
 redis.call('HSET', KEYS[1], 'last', last)
 for j = 6, pairs_end, 2 do

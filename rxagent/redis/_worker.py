@@ -456,13 +456,37 @@ class Worker:
             # takes it up again once Redis is back (it is not acknowledged).
             log.warning("run %s: Redis unreachable while taking it up (%s)", job.run_id, error)
             await self._release([job])
-        except Exception:
-            log.exception("run %s: the worker failed to run it", job.run_id)
+        except Exception as error:
+            log.exception("run %s: the worker failed to run it; the run fails", job.run_id)
+            await self._give_up(job, error)
         finally:
             self._jobs.pop(job.run_id, None)
             self.handled += 1
             if self._slot_free is not None:
                 self._slot_free.set()
+
+    async def _give_up(self, job: _Job, error: Exception) -> None:
+        """End a run this worker failed on for a reason of its own (a bug, not the run's):
+        failed, its log ended with ``RunFailed`` where it could be written, its job
+        acknowledged, so that no worker takes it up again and again."""
+        failure = f"{type(error).__name__}: {error}"
+        try:
+            if job.log is not None and not job.log.lost:
+                job.log.append(
+                    RunFailed(
+                        step=max(1, job.log.state.step),
+                        error_type=type(error).__name__,
+                        message=str(error),
+                        partial=job.log.state.to_run(StopReason.ERROR),
+                    )
+                )
+                await job.log.flush()
+            await self.client.hset(
+                self.keys.meta(job.run_id), mapping={"status": "failed", "error": failure}
+            )
+            await self._ack(job.job_id)
+        except CONNECTION_ERRORS:
+            log.warning("run %s: could not mark it failed; another worker may take it", job.run_id)
 
     async def _run_job(self, job: _Job, kind: str) -> bool:
         """Run one job; returns whether it is done with (to be acknowledged)."""

@@ -43,6 +43,7 @@ from rxagent.state import RunState, RunStatus
 from rxagent.web.hub import (
     AgentNotFound,
     CallDecision,
+    EventsGone,
     HubError,
     InvalidDecision,
     Page,
@@ -238,6 +239,13 @@ class RedisHub(RunHub):
         first = start
         for entry in read_entries(entries, run_id):
             index, event = entry.index, entry.event
+            if not events and index > first and event is not None:
+                # The log was trimmed past what was asked for (max_events, once the run
+                # ended): those events are gone; say so rather than skip over them.
+                raise EventsGone(
+                    f"events {first} to {index - 1} of run {run_id} are no longer kept "
+                    f"(max_events); read from index {index}"
+                )
             if event is None:  # malformed: skipped (and logged); the page stops before it
                 if not events:
                     first = index + 1

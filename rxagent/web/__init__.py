@@ -17,6 +17,7 @@ from rxagent.web.app import AuthHook, create_app
 from rxagent.web.hub import (
     AgentNotFound,
     CallDecision,
+    EventsGone,
     HubError,
     HubFull,
     InvalidDecision,
@@ -35,6 +36,7 @@ __all__ = [
     "AuthHook",
     "CallDecision",
     "HubError",
+    "EventsGone",
     "HubFull",
     "InvalidDecision",
     "LocalHub",

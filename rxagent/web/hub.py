@@ -55,6 +55,7 @@ from rxagent.state import RunState, RunStatus
 __all__ = [
     "AgentNotFound",
     "CallDecision",
+    "EventsGone",
     "HubError",
     "HubFull",
     "InvalidDecision",
@@ -113,6 +114,12 @@ class InvalidDecision(HubError):
     tool's schema, a conversation that cannot be resumed. Nothing changed."""
 
     status_code = 422
+
+
+class EventsGone(HubError):
+    """The events asked for are no longer kept (a backend that trims ended runs' logs)."""
+
+    status_code = 410
 
 
 class HubFull(HubError):
