@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from reactivex import Observable
 from redis.asyncio import Redis
 
+from rxagent._ids import new_run_id
 from rxagent.agent import Agent
 from rxagent.errors import ApprovalError
 from rxagent.events import AgentEvent, AgentRun, RunCompleted, RunStarted
@@ -25,11 +25,6 @@ from rxagent.redis._scripts import Scripts
 from rxagent.state import RunState, RunStatus
 
 __all__ = ["RunQueue", "new_run_id"]
-
-
-def new_run_id() -> str:
-    """An unguessable run id: 192 random bits, URL-safe (as rxagent.web's)."""
-    return secrets.token_urlsafe(24)
 
 
 class RunQueue:

@@ -38,13 +38,13 @@ import asyncio
 import contextlib
 import dataclasses
 import math
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Literal
 
 from reactivex import abc as rx_abc
 
+from rxagent._ids import new_run_id
 from rxagent.agent import Agent, Run
 from rxagent.errors import ApprovalError
 from rxagent.events import AgentEvent, dumps
@@ -71,11 +71,6 @@ __all__ = [
 
 #: Who is asking: a user id as the app's auth hook returned it, or ``None`` (anonymous).
 Principal = str | None
-
-
-def new_run_id() -> str:
-    """An unguessable run id: 192 random bits, URL-safe (32 characters)."""
-    return secrets.token_urlsafe(24)
 
 
 # -- errors ------------------------------------------------------------------------------
