@@ -274,13 +274,18 @@ def is_offline(args: argparse.Namespace) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; the exit status is 0 on success, 1 when the run failed.
 
-    ``rxagent web ...`` serves the chat page instead (the ``rxagent[web]`` extra).
+    ``rxagent web ...`` serves the chat page instead (the ``rxagent[web]`` extra), and
+    ``rxagent worker module:agents`` runs a worker of a Redis pool (``rxagent[redis]``).
     """
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["web"]:
         from rxagent.web.demo import main as web_main
 
         return web_main(argv[1:])
+    if argv[:1] == ["worker"]:
+        from rxagent.redis._cli import main as worker_main
+
+        return worker_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.max_tool_concurrency < 0 or args.max_steps < 1 or args.pace < 0:
         build_parser().error("--max-tool-concurrency, --max-steps and --pace must be positive")

@@ -32,6 +32,7 @@ __all__ = [
     "ReasoningDelta",
     "RunCompleted",
     "RunFailed",
+    "RunResumed",
     "RunStarted",
     "StepCompleted",
     "StepRetry",
@@ -123,6 +124,25 @@ class Handoff(_Event):
     from_agent: str | None
     to_agent: str
     call_id: str
+    at: float = Field(default_factory=_now)
+
+
+class RunResumed(_Event):
+    """The run goes on in another process: the one running it was lost (``rxagent.redis``).
+
+    ``step`` is the step that runs (again) next: a step of that number already under
+    way is void, so drop its partial text and reasoning, and the calls that ``input``
+    does not carry on. ``input`` is the conversation the run goes on from: as of its
+    last completed step, and, when the void step had started tool calls, its assistant
+    turn with those calls approved, so that they run again with the same call ids
+    (at-least-once; the call id is a tool's idempotency key). The events go on with the
+    next index, in the same stream; a fold (:class:`~rxagent.state.RunState`) takes the
+    run's conversation from ``input``. ``worker`` names the process that goes on.
+    """
+
+    type: Literal["run_resumed"] = "run_resumed"
+    input: Conversation = Field(default_factory=Conversation)
+    worker: str | None = None
     at: float = Field(default_factory=_now)
 
 
@@ -294,6 +314,7 @@ class RunFailed(_Event):
 
 AgentEvent: TypeAlias = Annotated[
     RunStarted
+    | RunResumed
     | StepStarted
     | Handoff
     | TextDelta

@@ -52,7 +52,15 @@ from pydantic import ValidationError
 from rxagent._text import clip, one_line
 from rxagent.approval import Decision, Strategy, as_strategy
 from rxagent.errors import ToolArgumentsError, ToolError, ToolExecutionError, ToolOutputError
-from rxagent.tools import BoundCall, Tool, Toolset, _clean_schema, _too_deep, parse_arguments
+from rxagent.tools import (
+    BoundCall,
+    Tool,
+    Toolset,
+    _clean_schema,
+    _too_deep,
+    current_call,
+    parse_arguments,
+)
 
 __all__ = ["MCPServerError", "MCPTool", "MCPToolset", "Options"]
 
@@ -161,9 +169,15 @@ class MCPTool(Tool[..., Any]):
         return BoundCall(self, data, data)
 
     async def stream(
-        self, kwargs: Mapping[str, Any], *, executor: Executor | None = None
+        self,
+        kwargs: Mapping[str, Any],
+        *,
+        executor: Executor | None = None,
+        call_id: str | None = None,
     ) -> AsyncIterator[tuple[bool, Any]]:
         """Call the server: yields ``(False, progress)`` items, then ``(True, output)``."""
+        if call_id is not None:
+            current_call.set(call_id)  # as for any tool (see rxagent.tools.current_call)
         async for item in self.toolset._call(self, dict(kwargs)):
             yield item
 

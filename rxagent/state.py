@@ -36,6 +36,7 @@ from rxagent.events import (
     ReasoningDelta,
     RunCompleted,
     RunFailed,
+    RunResumed,
     RunStarted,
     StepCompleted,
     StepRetry,
@@ -524,9 +525,33 @@ class RunState:
 
     def _step_retry(self, event: StepRetry) -> None:
         # The provider starts the turn again: what it streamed so far is void.
+        self._drop_partial()
+
+    def _drop_partial(self) -> None:
         self._pieces, self._pieces_n = _NO_PIECES, 0
         self._reasoning, self._reasoning_n = _NO_PIECES, 0
         self.structured = None
+
+    def _run_resumed(self, event: RunResumed) -> None:
+        # The run goes on from the event's conversation: the step under way is void, but
+        # for the calls the conversation carries on (they run again); calls it does not
+        # have are gone with the step.
+        known = _call_ids(self.messages)
+        self.messages = tuple(event.input)
+        self.phase = None
+        self._step_usage = _ZERO
+        self._drop_partial()
+        carried = {call.id: call for call in _waiting_calls(self.messages)}
+        kept = _call_ids(self.messages)
+        calls: dict[str, ToolCallState] = {}
+        for call_id, call in self.calls.items():
+            if call_id in carried:
+                calls[call_id] = call.evolve(status=carried[call_id].status)
+                if call_id not in known:
+                    self.tool_calls += 1  # the model made it in the void step: it counts
+            elif call_id in kept:
+                calls[call_id] = call
+        self.calls = calls
 
     def _step_completed(self, event: StepCompleted) -> None:
         outcome = event.outcome
@@ -675,6 +700,7 @@ _STATUS_OF_STOP = {
 
 _HANDLERS: dict[type[Any], Any] = {
     RunStarted: RunState._run_started,
+    RunResumed: RunState._run_resumed,
     Handoff: RunState._handoff,
     StepStarted: RunState._step_started,
     ReasoningDelta: RunState._reasoning_delta,
@@ -706,6 +732,19 @@ def _applied(messages: tuple[Message, ...], outcome: StepOutcome) -> tuple[Messa
     if outcome.replaces:
         messages = messages[: len(messages) - outcome.replaces]
     return messages + outcome.messages
+
+
+def _call_ids(messages: tuple[Message, ...]) -> set[str]:
+    return {c.id for m in messages if isinstance(m, AssistantMessage) for c in m.tool_calls}
+
+
+def _waiting_calls(messages: tuple[Message, ...]) -> list[ToolCall]:
+    """The calls of the last assistant turn that have no answer yet."""
+    try:
+        turn = Conversation(list(messages)).open_turn()
+    except ApprovalError:
+        return []
+    return list(turn.unanswered) if turn is not None else []
 
 
 def _has_open_turn(messages: tuple[Message, ...]) -> bool:

@@ -51,6 +51,7 @@ __all__ = [
     "ToolRegistry",
     "ToolSpec",
     "Toolset",
+    "current_call",
     "default_executor",
     "jsonable",
     "output_text",
@@ -65,6 +66,15 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _MISSING: Any = object()
+
+#: The id of the tool call being run, inside a tool (``None`` outside one): read it
+#: with ``current_call.get()``. It is the call's idempotency key: a call runs at least
+#: once, and where a run is recovered after its worker was lost (``rxagent.redis``),
+#: the calls its interrupted step had started run again with the same id. Sync tools
+#: (run in worker threads) see it too.
+current_call: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "rxagent_current_call", default=None
+)
 
 
 class JoinPolicy(StrEnum):
@@ -200,9 +210,20 @@ class Tool(Generic[P, R]):
         return BoundCall(self, data, kwargs)
 
     async def stream(
-        self, kwargs: Mapping[str, Any], *, executor: Executor | None = None
+        self,
+        kwargs: Mapping[str, Any],
+        *,
+        executor: Executor | None = None,
+        call_id: str | None = None,
     ) -> AsyncIterator[tuple[bool, Any]]:
-        """Run the tool: yields ``(False, progress)`` items, then ``(True, result)``."""
+        """Run the tool: yields ``(False, progress)`` items, then ``(True, result)``.
+
+        ``call_id`` is what the tool reads from :data:`current_call` while it runs.
+        """
+        if call_id is not None:
+            # Set in the task that iterates this generator (and copied into the worker
+            # thread below); the task's context ends with it, so there is nothing to reset.
+            current_call.set(call_id)
         fn: Callable[..., Any] = self.fn
         if self._is_async_gen:
             async for item in _last_is_result(fn(**kwargs)):

@@ -124,6 +124,51 @@ def test_plain_functions_are_made_tools_by_the_agent() -> None:
     assert spec.name == "shout" and spec.description == "Upper-case the text."
 
 
+async def test_a_tool_reads_its_call_id_as_an_idempotency_key() -> None:
+    from rxagent import scripted as s
+    from rxagent.tools import current_call
+
+    seen: list[tuple[str, str | None]] = []
+
+    @ra.tool
+    def sync_tool() -> str:
+        """Runs in a worker thread."""
+        seen.append(("sync", current_call.get()))
+        return "ok"
+
+    @ra.tool
+    async def async_tool() -> str:
+        """Runs on the loop."""
+        seen.append(("async", current_call.get()))
+        return "ok"
+
+    @ra.tool
+    async def streaming_tool() -> AsyncIterator[str]:
+        """Streams progress."""
+        seen.append(("streaming", current_call.get()))
+        yield "half"
+        seen.append(("streaming", current_call.get()))
+        yield "ok"
+
+    turns = [
+        [
+            s.call("sync_tool", {}, id="c-sync"),
+            s.call("async_tool", {}, id="c-async"),
+            s.call("streaming_tool", {}, id="c-stream"),
+        ],
+        ["done"],
+    ]
+    agent = ra.Agent(ra.ScriptedProvider(turns), tools=[sync_tool, async_tool, streaming_tool])
+    await ra.collect_final(agent.run("go"))
+    assert sorted(seen) == [
+        ("async", "c-async"),
+        ("streaming", "c-stream"),
+        ("streaming", "c-stream"),
+        ("sync", "c-sync"),
+    ]
+    assert current_call.get() is None  # outside a call
+
+
 DEEP = '{"city": ' + "[" * 100_000 + "]" * 100_000 + "}"
 
 

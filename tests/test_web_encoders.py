@@ -455,3 +455,27 @@ def test_the_chat_endpoint_errors() -> None:
         run_id = json.loads(lines[1].removeprefix("data: "))["messageMetadata"]["runId"]
         old = read_stream(client, f"/runs/{run_id}/ai-sdk?approvals=0")
         assert any('"data-tool-approval"' in m.data for m in old)
+
+
+def test_a_run_resumed_after_a_crash_closes_the_void_steps_parts() -> None:
+    # What rxagent.redis writes when another worker takes a crashed run over: the step
+    # under way is void; both protocols close its open parts and say so, as for a retry.
+    events: list[ra.AgentEvent] = [
+        ev.RunStarted(step=1, input=ra.Conversation.of("go")),
+        ev.StepStarted(step=1),
+        ev.TextDelta(step=1, text="half an ans"),
+        ev.RunResumed(step=1, input=ra.Conversation.of("go"), worker="w2"),
+        ev.StepStarted(step=1),
+        ev.TextDelta(step=1, text="The answer."),
+    ]
+    chunks = ai_sdk.encode(events)
+    kinds = [c["type"] for c in chunks]
+    resumed = kinds.index("data-run-resumed")
+    assert kinds[resumed - 1] == "text-end" and kinds[resumed + 1 :].count("text-start") == 1
+    assert chunks[resumed]["data"] == {"step": 1, "worker": "w2"}
+
+    agui_events = agui_enc.encode(events, thread_id="t", run_id="r")
+    names = [getattr(e, "name", None) for e in agui_events]
+    at = names.index("rxagent.run_resumed")
+    assert isinstance(agui_events[at - 1], agui.TextMessageEndEvent)
+    assert fold(events).text == "The answer."

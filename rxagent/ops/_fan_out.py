@@ -208,7 +208,9 @@ def fan_out_tools(
                 else:
                     ended(error=failure)
 
-            items = from_async_iterable(lambda: bound.tool.stream(bound.kwargs, executor=executor))
+            items = from_async_iterable(
+                lambda: bound.tool.stream(bound.kwargs, executor=executor, call_id=call.id)
+            )
             limit = bound.tool.timeout or timeout
             if limit is not None:
                 items = items.pipe(

@@ -4,6 +4,12 @@
   empty script (``push`` the turns the test needs), stopped after the test.
 * ``loopback_provider``: an ``OpenAIProvider`` pointed at that server, with fast
   retries (``server.provider()``).
+* ``redis_server``: a private ``redis-server`` (:class:`rxagent.redis.testing.RedisServer`)
+  on a free port in a temporary directory, stopped after the test; ``.url`` is its
+  address. The test is skipped when ``redis-server`` is not installed, unless ``CI``
+  is set (then it fails).
+* ``redis_client``: a ``redis.asyncio.Redis`` client of ``redis_server`` (its pool
+  large enough for many live observers), closed after the test.
 
 ::
 
@@ -21,16 +27,19 @@ to your top-level ``conftest.py``. Nothing heavy is imported until a fixture is 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
 import pytest
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from rxagent.providers.openai import OpenAIProvider
+    from rxagent.redis.testing import RedisServer
     from rxagent.testing import LoopbackServer
 
-__all__ = ["loopback_provider", "loopback_server"]
+__all__ = ["loopback_provider", "loopback_server", "redis_client", "redis_server"]
 
 
 @pytest.fixture
@@ -49,3 +58,29 @@ def loopback_server() -> Iterator[LoopbackServer]:
 def loopback_provider(loopback_server: LoopbackServer) -> OpenAIProvider:
     """An ``OpenAIProvider`` for ``loopback_server``, with fast retries."""
     return loopback_server.provider()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A private redis-server on a free port, in a temporary directory; stopped after."""
+    import os
+
+    from rxagent.redis.testing import RedisServer, find_redis_server
+
+    if find_redis_server() is None:
+        message = "redis-server is not installed (Debian: apt-get install redis-server)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def redis_client(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    """A client of ``redis_server``, closed after the test."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(redis_server.url, max_connections=500)
+    yield client
+    await client.aclose()

@@ -236,6 +236,11 @@ class AGUIEncoder(Encoder[agui.BaseEvent]):
         self._close_parts(out)
         self._custom("step_retry", {"attempt": event.attempt, "error": event.error}, out)
 
+    def _on_run_resumed(self, event: ev.RunResumed, out: list[agui.BaseEvent]) -> None:
+        # Another worker goes on after a crash (rxagent.redis): the step under way is void.
+        self._close_parts(out)
+        self._custom("run_resumed", {"step": event.step, "worker": event.worker}, out)
+
     def _on_output_retry(self, event: ev.OutputRetry, out: list[agui.BaseEvent]) -> None:
         self._close_parts(out)
         self._custom("output_retry", {"attempt": event.attempt, "errors": event.errors}, out)

@@ -15,6 +15,7 @@ The stream is server-sent events, each ``data:`` one JSON chunk, ended by
     ToolProgress          data-tool-progress (id: the call id, so it updates in place)
     ToolCallEnded         tool-output-available | tool-output-error | tool-output-denied
     Structured            data-structured;  StepRetry: data-step-retry
+    RunResumed            data-run-resumed (a crashed worker's run goes on elsewhere)
     StepCompleted         finish-step
     RunCompleted          (cancelled: abort); at the end of the stream: finish
     RunFailed             error; at the end of the stream: finish (finishReason "error")
@@ -380,6 +381,14 @@ class UIMessageEncoder(Encoder[Chunk]):
         self._close_parts(out)
         out.append(
             {"type": "data-step-retry", "data": {"attempt": event.attempt, "error": event.error}}
+        )
+
+    def _on_run_resumed(self, event: ev.RunResumed, out: list[Chunk]) -> None:
+        # Another worker goes on after a crash (rxagent.redis): as for a retried step, the
+        # step under way is void; a UI drops its partial text.
+        self._close_parts(out)
+        out.append(
+            {"type": "data-run-resumed", "data": {"step": event.step, "worker": event.worker}}
         )
 
     def _on_output_retry(self, event: ev.OutputRetry, out: list[Chunk]) -> None:
