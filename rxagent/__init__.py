@@ -46,6 +46,7 @@ from rxagent.validation import (
 
 if TYPE_CHECKING:
     from rxagent.providers.openai import OpenAIProvider, RetryPolicy
+    from rxagent.providers.responses import OpenAIResponsesProvider
 
 __version__ = "0.1.0"
 
@@ -56,6 +57,10 @@ def __getattr__(name: str) -> object:
         from rxagent.providers import openai
 
         return getattr(openai, name)
+    if name == "OpenAIResponsesProvider":
+        from rxagent.providers.responses import OpenAIResponsesProvider
+
+        return OpenAIResponsesProvider
     raise AttributeError(f"module 'rxagent' has no attribute {name!r}")
 
 
@@ -72,6 +77,7 @@ __all__ = [
     "LoopState",
     "Message",
     "OpenAIProvider",
+    "OpenAIResponsesProvider",
     "OutputValidationError",
     "Policy",
     "Provider",

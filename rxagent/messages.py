@@ -159,6 +159,10 @@ class AssistantMessage(_Frozen):
     reasoning: Text | None = None
     #: Structured (JSON) values the provider emitted during this turn, in order.
     structured: Annotated[tuple[Any, ...], AfterValidator(sendable_data)] = ()
+    #: What the provider needs back with this message on the next turn, opaque to rxagent
+    #: and keyed by the API it is for (the Responses API's response id and reasoning items,
+    #: under ``"openai.responses"``); chat completions ignore it.
+    provider_data: dict[str, Any] | None = None
 
 
 class ToolMessage(_Frozen):

@@ -66,9 +66,15 @@ class ToolCallReady:
 
 @dataclass(frozen=True, slots=True)
 class Finish:
-    """The provider's finish reason for the turn (``stop``, ``tool_calls``, ``length``, ...)."""
+    """The provider's finish reason for the turn (``stop``, ``tool_calls``, ``length``, ...).
+
+    ``data`` is what the provider needs back with this turn's assistant message on
+    the next turn, opaque to rxagent (the Responses API's response id and reasoning
+    items); the step keeps it in ``AssistantMessage.provider_data``.
+    """
 
     reason: str | None
+    data: Mapping[str, Any] | None = None
 
 
 ProviderChunk: TypeAlias = (

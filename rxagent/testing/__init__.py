@@ -58,11 +58,19 @@ partial run attached; a malformed line is a
 ``MalformedStream`` error and an error event a ``StreamError``, both naming what
 was sent.
 
+The server speaks chat completions (``.../chat/completions``) and the Responses
+API (``.../responses``) from the same scripts.
+
+:func:`record` makes a provider write a real session to a cassette, and
+:meth:`LoopbackServer.from_cassette` replays it byte for byte (a request that
+differs from the recorded one gets a 400 that says where).
+
 For pytest, the fixtures ``loopback_server`` (a running server, stopped after
 the test) and ``loopback_provider`` (an ``OpenAIProvider`` pointed at it) come
 with the ``rxagent.testing.pytest_plugin`` plugin.
 """
 
+from rxagent.testing._cassette import Cassette, record
 from rxagent.testing._script import (
     Answer,
     Call,
@@ -108,6 +116,7 @@ from rxagent.testing._server import LoopbackServer, Outcome, RecordedRequest
 __all__ = [
     "Answer",
     "Call",
+    "Cassette",
     "Delay",
     "Disconnect",
     "ErrorEvent",
@@ -141,6 +150,7 @@ __all__ = [
     "rate_limited",
     "raw",
     "reasoning",
+    "record",
     "reply",
     "response",
     "server_error",

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from rxagent.providers.scripted import (
     Call,
@@ -182,11 +182,19 @@ class NoResponse:
 
 @dataclass(frozen=True)
 class RawResponse:
-    """An answer sent as given: status, headers and body."""
+    """An answer sent as given: status, headers and body.
+
+    With ``chunks`` (byte lengths), the body is streamed in those pieces (chunked
+    encoding), each sent on its own; ``then`` says what follows the last:
+    ``end`` (the body ends) or ``disconnect`` (the connection drops). A replayed
+    cassette answers so.
+    """
 
     status: int
     body: bytes
     headers: Mapping[str, str] = field(default_factory=dict)
+    chunks: tuple[int, ...] = ()
+    then: Literal["end", "disconnect"] = "end"
 
 
 Answer: TypeAlias = Reply | Status | HangUp | NoResponse | RawResponse

@@ -17,17 +17,19 @@ import concurrent.futures
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from http import HTTPStatus
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
 import h11
 
 from rxagent.events import ReasoningDelta, TextDelta, ToolArgsDelta, UsageDelta
+from rxagent.messages import AssistantMessage, ToolCall, to_openai_message
 from rxagent.providers.base import Finish, ToolCallReady
 from rxagent.providers.scripted import play
 from rxagent.testing._script import (
@@ -50,6 +52,7 @@ from rxagent.testing._script import (
 
 if TYPE_CHECKING:
     from rxagent.providers.openai import OpenAIProvider
+    from rxagent.testing._cassette import Cassette
 
 __all__ = ["LoopbackServer", "Outcome", "RecordedRequest"]
 
@@ -60,15 +63,16 @@ log = logging.getLogger("rxagent.testing")
 Outcome: TypeAlias = Literal["pending", "completed", "disconnected", "closed", "stopped"]
 
 #: Request body fields that are not "options".
-_NOT_OPTIONS = frozenset({"model", "messages", "tools", "stream", "stream_options"})
+_NOT_OPTIONS = frozenset({"model", "messages", "input", "tools", "stream", "stream_options"})
 _MAX_HEAD = 64 * 1024
 
 
 class RecordedRequest:
     """A request the server received, and how its answer went.
 
-    ``body`` is the JSON body; ``messages``, ``tools``, ``model`` and
-    ``options`` (every other field but ``stream`` and ``stream_options``) are
+    ``body`` is the JSON body; ``messages`` (a Responses API request's
+    ``input``), ``tools``, ``model`` and ``options`` (every other field but
+    ``stream`` and ``stream_options``) are
     read from it. ``sent`` lists the ``data:`` payloads the server streamed, in
     order. Times are ``time.monotonic()`` values.
     """
@@ -100,7 +104,19 @@ class RecordedRequest:
 
     @property
     def messages(self) -> list[dict[str, Any]]:
-        return list(self._field("messages") or [])
+        messages = self._field("messages")
+        if messages is None:  # a Responses API request: its input items
+            messages = self._field("input")
+            if isinstance(messages, str):
+                messages = [{"role": "user", "content": messages}]
+        return list(messages or [])
+
+    @property
+    def api(self) -> str:
+        """``"responses"`` for a request to ``.../responses``, else ``"chat"``."""
+        return (
+            "responses" if self.path.split("?", 1)[0].rstrip("/").endswith("/responses") else "chat"
+        )
 
     @property
     def tools(self) -> list[dict[str, Any]]:
@@ -108,7 +124,7 @@ class RecordedRequest:
 
     @property
     def tool_names(self) -> list[str]:
-        return [t.get("function", {}).get("name", "") for t in self.tools]
+        return [t.get("name") or t.get("function", {}).get("name", "") for t in self.tools]
 
     @property
     def stream(self) -> bool:
@@ -122,7 +138,11 @@ class RecordedRequest:
 
     @property
     def system_prompt(self) -> str | None:
-        """The content of the first message, when it is a system message."""
+        """The content of the first message, when it is a system message (or the
+        ``instructions``, in a Responses API request)."""
+        instructions = self._field("instructions")
+        if isinstance(instructions, str):
+            return instructions
         messages = self.messages
         if messages and messages[0].get("role") in ("system", "developer"):
             return self._text(messages[0].get("content"))
@@ -139,7 +159,11 @@ class RecordedRequest:
         return self.body.get(name) if isinstance(self.body, dict) else None
 
     def _text(self, content: Any) -> str:
-        return content if isinstance(content, str) else json.dumps(content)
+        if isinstance(content, str):
+            return content
+        if isinstance(content, list) and all(isinstance(p, dict) and "text" in p for p in content):
+            return "".join(str(p["text"]) for p in content)  # text parts
+        return json.dumps(content)
 
     # -- how the answer went ----------------------------------------------------------
     def wait_ended(self, timeout: float = 5.0) -> Outcome:
@@ -303,6 +327,26 @@ class LoopbackServer:
         # How many streamed answers are being sent (a list, shared with the streamers;
         # touched on the server's loop only).
         self._streams = [0]
+        #: The cassette this server replays (see :meth:`from_cassette`), if it does.
+        self.cassette: Cassette | None = None
+
+    @classmethod
+    def from_cassette(cls, path: str | os.PathLike[str], **kwargs: Any) -> LoopbackServer:
+        """A server that replays the cassette at ``path`` (see :func:`rxagent.testing.record`).
+
+        Requests are matched in order (method, endpoint, JSON body) and answered
+        with the recorded bytes, in the pieces they arrived in; a request that
+        differs gets a 400 that says where (``server.cassette.mismatches`` lists
+        them too). The server's ``model`` is the recorded one, so that
+        :meth:`provider` asks for it.
+        """
+        from rxagent.testing._cassette import Cassette
+
+        cassette = Cassette.load(path)
+        kwargs.setdefault("model", cassette.model or "loopback")
+        server = cls(cassette, **kwargs)
+        server.cassette = cassette
+        return server
 
     # -- the script -------------------------------------------------------------------
     def push(self, *turns: Turn) -> None:
@@ -507,7 +551,7 @@ class LoopbackServer:
             }
             await self._send_json(connection, 200, models)
             return connection.next_cycle()
-        if method != "POST" or not path.endswith("/chat/completions"):
+        if method != "POST" or not path.endswith(("/chat/completions", "/responses")):
             await self._send_json(
                 connection, 404, _error_body(f"no route for {method} {path}", "not_found")
             )
@@ -537,7 +581,7 @@ class LoopbackServer:
             await self._send_json(connection, answer.status, problem, answer.headers)
             request._end("completed")
             return connection.next_cycle()
-        if isinstance(answer, RawResponse):
+        if isinstance(answer, RawResponse) and not answer.chunks and answer.then == "end":
             await connection.respond(answer.status, answer.body, answer.headers)
             request._end("completed")
             return connection.next_cycle()
@@ -584,18 +628,24 @@ class LoopbackServer:
             return f"loopback server: the script failed: {type(error).__name__}: {error}"
 
     async def _reply(
-        self, connection: _Connection, request: RecordedRequest, reply: Reply
+        self, connection: _Connection, request: RecordedRequest, reply: Reply | RawResponse
     ) -> Outcome:
+        if isinstance(reply, RawResponse):
+            return await _stream_raw(connection, request, reply, self._streams)
         delay = self.chunk_delay if reply.chunk_delay is None else reply.chunk_delay
         chunks = play(
             reply.items, call_ids=f"call_loopback_{request.index + 1}_", pace=delay, wire=True
         )
+        responses = request.api == "responses"
         if not request.stream:
-            return await _play_whole(connection, request, self.model, chunks)
+            return await _whole(connection, request, self.model, chunks)
         self._streams[0] += 1
         try:
             stream = _Stream(connection, request, delay, self._streams)
-            return await stream.play(_ChatEncoder(stream, request, self.model), chunks)
+            encoder = (_ResponsesEncoder if responses else _ChatEncoder)(
+                stream, request, self.model
+            )
+            return await stream.play(encoder, chunks)
         finally:
             self._streams[0] -= 1
 
@@ -611,6 +661,35 @@ class LoopbackServer:
             json.dumps(body).encode(),
             {"content-type": "application/json", **dict(headers or {})},
         )
+
+
+async def _stream_raw(
+    connection: _Connection, request: RecordedRequest, answer: RawResponse, streams: list[int]
+) -> Outcome:
+    """Send a raw answer in its pieces, then end it or drop the connection."""
+    stream = _Stream(connection, request, 0.0, streams)
+    headers = [(name, value) for name, value in answer.headers.items()]
+    await connection.send(h11.Response(status_code=answer.status, headers=headers))
+    start = 0
+    for size in answer.chunks or (len(answer.body),):
+        if size:
+            await stream.write(answer.body[start : start + size])
+        start += size
+    if start < len(answer.body):
+        await stream.write(answer.body[start:])
+    if answer.then == "disconnect":
+        return "closed"
+    await stream.end()
+    return "completed"
+
+
+class _Encoder(Protocol):
+    """Puts a reply's chunks on the wire of one API."""
+
+    async def start(self) -> None: ...
+    async def chunk(self, chunk: Any) -> None: ...
+    async def error(self, item: ErrorEvent) -> None: ...
+    async def end(self) -> None: ...
 
 
 class _Stream:
@@ -632,7 +711,7 @@ class _Stream:
         #: Whether h11 frames this answer in chunks (it does for an HTTP/1.1 client).
         self.chunked = version is not None and version >= b"1.1"
 
-    async def play(self, encoder: _ChatEncoder, chunks: AsyncIterator[Any]) -> Outcome:
+    async def play(self, encoder: _Encoder, chunks: AsyncIterator[Any]) -> Outcome:
         """Send the head, then each chunk as the encoder puts it, then the end."""
         head = h11.Response(
             status_code=200,
@@ -766,28 +845,32 @@ class _ChatEncoder:
         await self.stream.data(json.dumps(chunk, separators=(",", ":")))
 
 
-async def _play_whole(
-    connection: _Connection, request: RecordedRequest, model: str, chunks: AsyncIterator[Any]
-) -> Outcome:
-    """Answer a non-streaming request with one ``chat.completion`` object."""
-    text: list[str] = []
-    thinking: list[str] = []
-    calls: list[dict[str, Any]] = []
-    usage: Any = None
-    finish_reason: str | None = None
+class _Gathered:
+    """A reply's chunks gathered for an answer that does not stream."""
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.thinking: list[str] = []
+        self.calls: list[ToolCallReady] = []
+        self.usage: UsageDelta | Usage | None = None
+        self.reason: str | None = None
+
+
+async def _gather(connection: _Connection, chunks: AsyncIterator[Any]) -> _Gathered | Outcome:
+    """The reply's chunks, gathered; or, when a fault answered instead, how that went."""
+    gathered = _Gathered()
     async for chunk in chunks:
         kind = type(chunk)
         if kind is TextDelta:
-            text.append(chunk.text)
+            gathered.text.append(chunk.text)
         elif kind is ToolCallReady:
-            function = {"name": chunk.name, "arguments": chunk.arguments}
-            calls.append({"id": chunk.call_id, "type": "function", "function": function})
+            gathered.calls.append(chunk)
         elif kind is Reasoning or kind is ReasoningDelta:
-            thinking.append(chunk.text)
+            gathered.thinking.append(chunk.text)
         elif kind is UsageDelta:
-            usage = chunk
+            gathered.usage = chunk
         elif kind is Finish:
-            finish_reason = finish_reason or chunk.reason
+            gathered.reason = gathered.reason or chunk.reason
         elif kind is Disconnect:
             return "closed"
         elif kind is KeepAlive:
@@ -800,19 +883,41 @@ async def _play_whole(
             body = json.dumps(_error_body(chunk.message, chunk.type, chunk.code)).encode()
             await connection.respond(500, body, {"content-type": "application/json"})
             return "completed"
-    message: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None}
-    if thinking:
-        message["reasoning_content"] = "".join(thinking)
-    if calls:
-        message["tool_calls"] = calls
-    usage = usage or _estimate_usage(request)
-    completion = {
+    return gathered
+
+
+async def _whole(
+    connection: _Connection, request: RecordedRequest, model: str, chunks: AsyncIterator[Any]
+) -> Outcome:
+    """Answer a request that does not stream with one object: a ``chat.completion``,
+    or a ``response`` for the Responses API."""
+    gathered = await _gather(connection, chunks)
+    if not isinstance(gathered, _Gathered):
+        return gathered
+    build = _response_object if request.api == "responses" else _chat_completion
+    body = json.dumps(build(gathered, request, model)).encode()
+    await connection.respond(200, body, {"content-type": "application/json"})
+    return "completed"
+
+
+def _chat_completion(gathered: _Gathered, request: RecordedRequest, model: str) -> Any:
+    calls = tuple(
+        ToolCall(id=c.call_id, name=c.name, arguments=c.arguments) for c in gathered.calls
+    )
+    text = "".join(gathered.text) or None
+    message = to_openai_message(AssistantMessage(content=text, tool_calls=calls))
+    if not calls:
+        message.pop("tool_calls", None)
+    if gathered.thinking:
+        message["reasoning_content"] = "".join(gathered.thinking)
+    usage = gathered.usage or _estimate_usage(request)
+    return {
         "id": f"chatcmpl-loopback-{request.index + 1}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": request.model or model,
         "choices": [
-            {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
+            {"index": 0, "message": message, "logprobs": None, "finish_reason": gathered.reason}
         ],
         "usage": {
             "prompt_tokens": usage.prompt_tokens,
@@ -820,10 +925,227 @@ async def _play_whole(
             "total_tokens": usage.prompt_tokens + usage.completion_tokens,
         },
     }
-    await connection.respond(
-        200, json.dumps(completion).encode(), {"content-type": "application/json"}
-    )
-    return "completed"
+
+
+def _response_object(gathered: _Gathered, request: RecordedRequest, model: str) -> Any:
+    items = _ResponseItems(request)
+    output: list[dict[str, Any]] = []
+    if gathered.thinking:
+        output.append(items.reasoning("".join(gathered.thinking)))
+    if gathered.text:
+        output.append(items.message("".join(gathered.text)))
+    output.extend(items.call(call.call_id, call.name, call.arguments) for call in gathered.calls)
+    return items.response(model, output, gathered.usage, gathered.reason)
+
+
+class _ResponseItems:
+    """The output items and the ``response`` object of the Responses API, for one request."""
+
+    def __init__(self, request: RecordedRequest) -> None:
+        self.request = request
+        self.count = 0
+        include = request.body.get("include") if isinstance(request.body, dict) else None
+        #: Whether the request asked for its reasoning encrypted (to send it back).
+        self.encrypted = isinstance(include, list) and "reasoning.encrypted_content" in include
+
+    def _id(self, prefix: str) -> str:
+        self.count += 1
+        return f"{prefix}_loopback_{self.request.index + 1}_{self.count}"
+
+    def reasoning(self, text: str, item_id: str | None = None) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            "id": item_id or self._id("rs"),
+            "type": "reasoning",
+            "summary": [{"type": "summary_text", "text": text}],
+        }
+        if self.encrypted:
+            item["encrypted_content"] = "loopback-encrypted:" + text
+        return item
+
+    def message(self, text: str, item_id: str | None = None) -> dict[str, Any]:
+        return {
+            "id": item_id or self._id("msg"),
+            "type": "message",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": []}],
+        }
+
+    def call(
+        self, call_id: str, name: str, arguments: str, item_id: str | None = None
+    ) -> dict[str, Any]:
+        return {
+            "id": item_id or self._id("fc"),
+            "type": "function_call",
+            "status": "completed",
+            "call_id": call_id,
+            "name": name,
+            "arguments": arguments,
+        }
+
+    def response(
+        self,
+        model: str,
+        output: list[dict[str, Any]] | None = None,
+        usage: UsageDelta | Usage | None = None,
+        reason: str | None = None,
+        status: str | None = None,
+    ) -> dict[str, Any]:
+        if status is None:
+            status = "incomplete" if reason == "length" else "completed"
+        report: dict[str, Any] | None = None
+        if status != "in_progress":
+            usage = usage or _estimate_usage(self.request)
+            report = {
+                "input_tokens": usage.prompt_tokens,
+                "output_tokens": usage.completion_tokens,
+                "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+            }
+        return {
+            "id": f"resp_loopback_{self.request.index + 1}",
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": status,
+            "model": self.request.model or model,
+            "output": output or [],
+            "usage": report,
+            "error": None,
+            "incomplete_details": (
+                {"reason": "max_output_tokens"} if status == "incomplete" else None
+            ),
+        }
+
+
+#: For the items whose text streams (a message, reasoning): the events that open its part,
+#: carry its text and close it, where in the item the text goes, and the empty part.
+_STREAMED: dict[str, tuple[str, str, str, dict[str, int], dict[str, Any]]] = {
+    "message": (
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        {"content_index": 0},
+        {"type": "output_text", "text": "", "annotations": []},
+    ),
+    "reasoning": (
+        "response.reasoning_summary_part.added",
+        "response.reasoning_summary_text.delta",
+        "response.reasoning_summary_text.done",
+        {"summary_index": 0},
+        {"type": "summary_text", "text": ""},
+    ),
+}
+
+
+class _ResponsesEncoder:
+    """Provider chunks as the Responses API's stream events."""
+
+    def __init__(self, stream: _Stream, request: RecordedRequest, model: str) -> None:
+        self.stream = stream
+        self.model = model
+        self.items = _ResponseItems(request)
+        self.sequence = 0
+        self.output: list[dict[str, Any]] = []
+        #: The item being streamed (a message or reasoning): its kind, id and text so far.
+        self.open: tuple[str, str, list[str]] | None = None
+        self.calls: dict[str, tuple[str, int]] = {}
+        self.usage: UsageDelta | Usage | None = None
+        self.reason: str | None = None
+
+    async def start(self) -> None:
+        response = self.items.response(self.model, status="in_progress")
+        await self._event("response.created", response=response)
+        await self._event("response.in_progress", response=response)
+
+    async def chunk(self, chunk: Any) -> None:
+        kind = type(chunk)
+        if kind is TextDelta or kind is Reasoning or kind is ReasoningDelta:
+            streamed = "message" if kind is TextDelta else "reasoning"
+            item_id = await self._open(streamed, chunk.text)
+            _, delta, _, where, _ = _STREAMED[streamed]
+            index = len(self.output)
+            await self._event(delta, item_id=item_id, output_index=index, **where, delta=chunk.text)
+        elif kind is ToolArgsDelta:
+            if chunk.call_id not in self.calls:
+                await self._close()
+                item = self.items.call(chunk.call_id, chunk.name, "")
+                item["status"] = "in_progress"
+                self.calls[chunk.call_id] = (item["id"], len(self.output))
+                self.output.append(item)
+                await self._event(
+                    "response.output_item.added", output_index=len(self.output) - 1, item=item
+                )
+            item_id, index = self.calls[chunk.call_id]
+            await self._event(
+                "response.function_call_arguments.delta",
+                item_id=item_id,
+                output_index=index,
+                delta=chunk.delta,
+            )
+        elif kind is ToolCallReady:
+            item_id, index = self.calls[chunk.call_id]
+            item = self.items.call(chunk.call_id, chunk.name, chunk.arguments, item_id)
+            self.output[index] = item
+            await self._event(
+                "response.function_call_arguments.done",
+                item_id=item_id,
+                output_index=index,
+                arguments=chunk.arguments,
+            )
+            await self._event("response.output_item.done", output_index=index, item=item)
+        elif kind is UsageDelta:
+            self.usage = chunk
+        elif kind is Finish:
+            self.reason = chunk.reason
+        else:
+            raise TypeError(f"not a loopback script item: {chunk!r}")
+
+    async def error(self, item: ErrorEvent) -> None:
+        await self._event("error", code=item.code or item.type, message=item.message, param=None)
+
+    async def end(self) -> None:
+        await self._close()
+        response = self.items.response(self.model, self.output, self.usage, self.reason)
+        kind = "response.incomplete" if response["status"] == "incomplete" else "response.completed"
+        await self._event(kind, response=response)
+
+    async def _open(self, kind: str, text: str) -> str:
+        """The id of the open item of this kind (opening it, closing another), whose
+        text grows by ``text``."""
+        if self.open is not None and self.open[0] == kind:
+            self.open[2].append(text)
+            return self.open[1]
+        await self._close()
+        index = len(self.output)
+        if kind == "message":
+            item = {**self.items.message(""), "status": "in_progress", "content": []}
+        else:
+            item = {"id": self.items._id("rs"), "type": "reasoning", "summary": []}
+        await self._event("response.output_item.added", output_index=index, item=item)
+        added, _, _, where, part = _STREAMED[kind]
+        await self._event(added, item_id=item["id"], output_index=index, **where, part=part)
+        self.open = (kind, item["id"], [text])
+        return str(item["id"])
+
+    async def _close(self) -> None:
+        if self.open is None:
+            return
+        kind, item_id, pieces = self.open
+        self.open = None
+        index = len(self.output)
+        text = "".join(pieces)
+        _, _, done, where, _ = _STREAMED[kind]
+        await self._event(done, item_id=item_id, output_index=index, **where, text=text)
+        if kind == "message":
+            item = self.items.message(text, item_id)
+        else:
+            item = self.items.reasoning(text, item_id)
+        self.output.append(item)
+        await self._event("response.output_item.done", output_index=index, item=item)
+
+    async def _event(self, kind: str, **fields: Any) -> None:
+        payload = {"type": kind, **fields, "sequence_number": self.sequence}
+        self.sequence += 1
+        await self.stream.data(json.dumps(payload, separators=(",", ":")), event=kind)
 
 
 def _estimate_usage(request: RecordedRequest) -> Usage:

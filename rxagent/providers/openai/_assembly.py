@@ -14,7 +14,7 @@ from rxagent.events import ReasoningDelta, TextDelta, ToolArgsDelta, UsageDelta
 from rxagent.providers.base import Finish, ProviderChunk, ToolCallReady
 from rxagent.providers.openai._errors import MalformedStream, StreamInterrupted, stream_error
 
-__all__ = ["ChunkAssembler", "content_parts", "whole_json"]
+__all__ = ["Assembly", "ChunkAssembler", "content_parts", "whole_json"]
 
 log = logging.getLogger("rxagent.providers.openai")
 
@@ -30,7 +30,51 @@ class _OpenCall:
         self.parts: list[str] = []
 
 
-class ChunkAssembler:
+class Assembly:
+    """What every assembler of an answer keeps, and how it reads JSON.
+
+    The attributes are those :class:`~rxagent.providers.openai._provider.StreamingProvider`
+    reads to know where the answer is (see its ``Assembler`` protocol).
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        #: Whether any output (text, reasoning, arguments, usage) was emitted.
+        self.began = False
+        #: Whether a ToolCallReady was emitted (then the turn must never be retried).
+        self.ready_sent = False
+        self.events = 0
+        #: Whether the stream's end marker came: nothing after it is read.
+        self.done = False
+        #: Whether the answer is complete.
+        self.finished = False
+
+    @staticmethod
+    def _parse(payload: str) -> Any:
+        """An event's data, parsed (an error that shows it when it is not JSON)."""
+        try:
+            return from_json(payload)
+        except ValueError as error:
+            raise MalformedStream(
+                f"the server sent a data line that is not JSON ({error}): {clip(payload)!r}"
+            ) from None
+
+    @staticmethod
+    def _parse_whole(body: bytes, content_type: str, status: int) -> Any:
+        """A whole (not streamed) answer, parsed; one that is an error object raises it."""
+        try:
+            obj = from_json(body)
+        except ValueError:
+            raise MalformedStream(
+                f"the server answered {status} with {content_type or 'no content type'} "
+                f"instead of an event stream: {clip(body)!r}"
+            ) from None
+        if type(obj) is dict and obj.get("error"):
+            raise stream_error(obj)
+        return obj
+
+
+class ChunkAssembler(Assembly):
     """The state of one streamed answer: the tool call being assembled, usage seen, the end.
 
     Tool calls arrive as fragments in many shapes. OpenAI numbers them
@@ -44,16 +88,7 @@ class ChunkAssembler:
     """
 
     def __init__(self, step: int) -> None:
-        self.step = step
-        #: Whether any output (text, reasoning, arguments, usage) was emitted.
-        self.began = False
-        #: Whether a ToolCallReady was emitted (then the turn must never be retried).
-        self.ready_sent = False
-        self.events = 0
-        #: Whether ``[DONE]`` came: nothing after it is read.
-        self.done = False
-        #: Whether a finish reason came: the answer is complete.
-        self.finished = False
+        super().__init__(step)
         self.current: _OpenCall | None = None
         #: The id of each index's completed call.
         self.completed: dict[int, str] = {}
@@ -71,12 +106,7 @@ class ChunkAssembler:
             out: list[ProviderChunk] = []
             self._complete_call(out)
             return out
-        try:
-            obj = from_json(payload)
-        except ValueError as error:
-            raise MalformedStream(
-                f"the server sent a data line that is not JSON ({error}): {clip(payload)!r}"
-            ) from None
+        obj = self._parse(payload)
         if event == "error" or (type(obj) is dict and obj.get("error")):
             raise stream_error(obj)
         if type(obj) is not dict:
@@ -226,15 +256,7 @@ class ChunkAssembler:
 
     def whole(self, body: bytes, content_type: str, status: int) -> list[ProviderChunk]:
         """The chunks of an answer that is one JSON object, not a stream."""
-        try:
-            obj = json.loads(body)
-        except ValueError:
-            raise MalformedStream(
-                f"the server answered {status} with {content_type or 'no content type'} "
-                f"instead of an event stream: {clip(body)!r}"
-            ) from None
-        if type(obj) is dict and obj.get("error"):
-            raise stream_error(obj)
+        obj = self._parse_whole(body, content_type, status)
         try:
             message = obj["choices"][0]["message"]
             out: list[ProviderChunk] = []

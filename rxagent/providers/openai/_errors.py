@@ -221,7 +221,7 @@ def status_error(error: openai.APIStatusError) -> StatusError:
     should_retry = headers.get("x-should-retry")
     if should_retry in ("true", "false"):  # the server's word wins, as in the SDK
         retryable = should_retry == "true"
-    text = f"HTTP {status} from {error.request.url}: {server_message or clip(str(body))!r}"
+    text = f"HTTP {status} from {error.request.url}: {server_message or repr(clip(str(body)))}"
     if retry_after is not None:
         text += f" (retry after {retry_after:g} s)"
     return kind(

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import weakref
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import httpx2
@@ -139,6 +139,9 @@ class StreamingProvider:
             weakref.WeakKeyDictionary()
         )
         self._first_client_taken = False
+        #: Makes the HTTP transport of each client this provider makes (None: httpx's own);
+        #: how rxagent.testing.record() records a session.
+        self._transport: Callable[[], httpx2.AsyncBaseTransport] | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r})"
@@ -155,6 +158,10 @@ class StreamingProvider:
     def _assembler(self, request: ProviderRequest) -> Assembler:
         """A new assembler for one attempt at ``request``."""
         raise NotImplementedError
+
+    def _option(self, body: dict[str, Any], key: str, value: Any) -> None:
+        """Put one request option in the body (as it is, unless the API names it otherwise)."""
+        body[key] = value
 
     # -- the provider protocol --------------------------------------------------------
     def stream(self, request: ProviderRequest) -> Observable[ProviderChunk]:
@@ -183,7 +190,9 @@ class StreamingProvider:
         client = self._clients.get(loop)
         if client is None:
             if self._first_client_taken:
-                client = self.client.with_options(http_client=openai.DefaultAsyncHttpx2Client())
+                transport = {} if self._transport is None else {"transport": self._transport()}
+                http_client = openai.DefaultAsyncHttpx2Client(**transport)
+                client = self.client.with_options(http_client=http_client)
             else:
                 client, self._first_client_taken = self.client, True
             self._clients[loop] = client
@@ -198,7 +207,7 @@ class StreamingProvider:
                 if key in SDK_OPTIONS:
                     sdk[key] = value
                 else:
-                    body[key] = value
+                    self._option(body, key, value)
         body["stream"] = True
         # The SDK asks for JSON; a server that negotiates would then not stream.
         headers = {"Accept": "text/event-stream", **(sdk.get("extra_headers") or {})}
