@@ -162,8 +162,13 @@ def from_async_iterable(
         disposed = False
 
         async def pump() -> None:
-            iterable = source() if callable(source) else source
-            iterator = aiter(iterable)
+            try:
+                iterable = source() if callable(source) else source
+                iterator = aiter(iterable)
+            except Exception as error:  # making the iterable failed: that is its error
+                if not disposed:
+                    _notify(observer.on_error, error)
+                return
             try:
                 async for item in iterator:
                     if disposed:

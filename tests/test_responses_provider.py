@@ -105,7 +105,14 @@ async def test_an_agent_with_a_tool_over_the_responses_api(server: t.LoopbackSer
     ]
     assert first.body["tools"][0]["name"] == "lookup" and first.body["tools"][0]["strict"] is False
     call_id = "call_loopback_1_1"
+    # The turn goes back as it came: its reasoning item first (kept in the conversation),
+    # then the text, the call and its output.
     assert second.body["input"][2:] == [
+        {
+            "id": "rs_loopback_1_1",
+            "type": "reasoning",
+            "summary": [{"type": "summary_text", "text": "Look it up."}],
+        },
         {"role": "assistant", "content": "Looking. "},
         {
             "type": "function_call",
@@ -150,11 +157,6 @@ async def test_reasoning_items_are_kept_and_sent_back(server: t.LoopbackServer) 
     assert sent[1] == item
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the step to keep Finish.data in AssistantMessage.provider_data "
-    "(rxagent/ops/_step.py; see the provider branch's report)",
-)
 async def test_an_agent_sends_its_reasoning_back_on_the_next_turn(
     server: t.LoopbackServer,
 ) -> None:

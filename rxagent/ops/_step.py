@@ -366,6 +366,8 @@ class _Step:
         self.ended: dict[str, ToolCallEnded] = {}
         self.pending: dict[str, ToolCallPending] = {}
         self.finish_reason: str | None = None
+        #: What the provider asked to keep with the answer (Responses API reasoning items).
+        self.provider_data: dict[str, Any] | None = None
         #: (agent name, call id) of the first handoff call that ended well.
         self.handoff: tuple[str, str] | None = None
         #: Provider call ids -> the ids the calls get (unique in the conversation).
@@ -534,6 +536,8 @@ class _Step:
             )
         elif kind is Finish:
             self.finish_reason = chunk.reason  # type: ignore[union-attr]
+            data = chunk.data  # type: ignore[union-attr]
+            self.provider_data = None if data is None else dict(data)
             return
         elif kind is ReasoningDelta:
             self.reasoning.append(chunk.text)  # type: ignore[union-attr]
@@ -755,6 +759,7 @@ class _Step:
                         tool_calls=calls,
                         reasoning="".join(self.reasoning) or None,
                         structured=tuple(self.structured),
+                        provider_data=self.provider_data,
                     )
                 )
             messages.extend(self._answers(calls))
