@@ -89,6 +89,29 @@ def loop_scheduler(loop: asyncio.AbstractEventLoop | None = None) -> AsyncIOSche
     return scheduler
 
 
+async def sleep_on(scheduler: abc.SchedulerBase | None, seconds: float) -> None:
+    """Wait ``seconds`` by ``scheduler``'s clock (the event loop's when ``None``), so that
+    a test can drive the wait in virtual time (``reactivex.testing.TestScheduler``)."""
+    if scheduler is None:
+        await asyncio.sleep(seconds)
+        return
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+
+    def done() -> None:
+        if not future.done():
+            future.set_result(None)
+
+    def fire(_: abc.SchedulerBase, __: Any = None) -> None:
+        loop.call_soon_threadsafe(done)
+
+    timer = scheduler.schedule_relative(seconds, fire)
+    try:
+        await future
+    finally:
+        timer.dispose()
+
+
 def call_on(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
     """Run ``fn`` on ``loop``: now if this thread runs it, else as soon as the loop can."""
     if running_loop() is loop:

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import pytest
+from reactivex.testing import TestScheduler
 
 import rxagent as ra
 from rxagent import testing as t
@@ -302,17 +303,34 @@ async def test_the_end_without_done_after_the_finish_is_accepted(
 
 
 # -- faults ------------------------------------------------------------------------------
+class RecordingScheduler(TestScheduler):
+    """A TestScheduler that remembers every relative wait it was asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+
+    def schedule_relative(self, duetime: Any, action: Any, state: Any = None) -> Any:
+        self.waits.append(float(duetime))
+        return super().schedule_relative(duetime, action, state)
+
+
 async def test_a_429_is_retried_after_its_retry_after(server: t.LoopbackServer) -> None:
-    server.push(t.rate_limited(retry_after=0.2), ["ok"])
-    got = await collect(ra.Agent(server.provider()).run("go"))
-    assert got.error is None
-    retries = got.of(StepRetry)
+    # Virtual time: the backoff's clock is a TestScheduler; the server asks for 30 s.
+    server.push(t.rate_limited(retry_after=30), ["ok"])
+    clock = RecordingScheduler()
+    run = ra.Agent(server.provider(scheduler=clock)).run("go")
+    retried = asyncio.Event()
+    run.subscribe(lambda e: e.type == "step_retry" and retried.set())
+    result_task = asyncio.ensure_future(ra.collect_final(run))
+    await asyncio.wait_for(retried.wait(), 5)
+    assert clock.waits == [30.0] and len(server.requests) == 1  # it waits: the server's delay
+    clock.advance_by(30)
+    result = await asyncio.wait_for(result_task, 5)
+    assert result.text == "ok" and len(server.requests) == 2
+    retries = [e for e in run.events if isinstance(e, StepRetry)]
     assert [(r.step, r.attempt) for r in retries] == [(1, 1)]
-    assert "429" in retries[0].error and "retry after 0.2 s" in retries[0].error
-    first, second = server.requests
-    assert first.ended_at is not None
-    assert second.received_at - first.ended_at >= 0.18  # the server's delay, not the 1 ms backoff
-    assert got.events[-1].run.text == "ok"
+    assert "429" in retries[0].error and "retry after 30 s" in retries[0].error
 
 
 async def test_5xx_and_hang_ups_are_retried_each_with_a_step_retry(

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import httpx2
 import openai
 from openai import AsyncOpenAI
-from reactivex import Observable
+from reactivex import Observable, abc
 
-from rxagent.aio import from_async_iterable
+from rxagent.aio import from_async_iterable, sleep_on
 from rxagent.errors import ProviderError
 from rxagent.events import StepRetry
 from rxagent.providers.base import ProviderChunk, ProviderRequest
@@ -100,6 +100,7 @@ class StreamingProvider:
         read_timeout: float | None = 120.0,
         total_timeout: float | None = 600.0,
         max_event_size: int = 16 * 1024 * 1024,
+        scheduler: abc.SchedulerBase | None = None,
         **request_options: Any,
     ) -> None:
         if client is not None and (base_url is not None or api_key is not None):
@@ -121,6 +122,8 @@ class StreamingProvider:
         self.read_timeout = read_timeout
         self.total_timeout = total_timeout
         self.max_event_size = max_event_size
+        #: The clock of retry backoff (``None``: the event loop's).
+        self.scheduler = scheduler
         self.options: dict[str, Any] = dict(request_options)
         self._owns_client = client is None
         if client is None:
@@ -326,7 +329,7 @@ class StreamingProvider:
                 raise failure
             retries += 1
             yield StepRetry(step=request.step, attempt=retries, error=str(failure))
-            await asyncio.sleep(wait)
+            await sleep_on(self.scheduler, wait)
 
     def _retry_wait(
         self, error: ProviderError, retry: int, parser: Assembler, elapsed: float
@@ -442,7 +445,9 @@ class OpenAIProvider(StreamingProvider):
     applied as the SDK applies them.
 
     ``retry`` says how transient failures are retried (see :class:`RetryPolicy`;
-    by default twice, within two minutes of the turn's start).
+    by default twice, within two minutes of the turn's start). The waits between
+    attempts run on ``scheduler`` (default: the event loop's clock), so a test can
+    drive backoff in virtual time (``reactivex.testing.TestScheduler``).
 
     Timeouts, in seconds (``None`` lifts one), for each attempt:
 
