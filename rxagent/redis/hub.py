@@ -41,7 +41,6 @@ from rxagent.redis._keys import DEFAULT_PREFIX, Keys, keys_of
 from rxagent.redis._queue import RunQueue
 from rxagent.state import RunState, RunStatus
 from rxagent.web.hub import (
-    AgentNotFound,
     CallDecision,
     EventsGone,
     HubError,
@@ -52,6 +51,7 @@ from rxagent.web.hub import (
     RunHub,
     RunInfo,
     RunNotFound,
+    agent_named,
     new_run_id,
 )
 
@@ -135,10 +135,7 @@ class RedisHub(RunHub):
     ) -> str:
         if self._closed:
             raise HubError("the hub is closed")
-        found = self.agents.get(agent)
-        if found is None:
-            known = ", ".join(map(repr, self.agents)) or "none"
-            raise AgentNotFound(f"no agent named {agent!r} (agents: {known})")
+        found = agent_named(self.agents, agent)
         conversation = Conversation.of(input)
         try:
             found.run(conversation.copy())  # checks a resumed turn; nothing starts here

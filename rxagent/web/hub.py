@@ -73,6 +73,15 @@ __all__ = [
 Principal = str | None
 
 
+def agent_named(agents: Mapping[str, Agent], name: str) -> Agent:
+    """The agent registered as ``name``; raises :class:`AgentNotFound` naming the others."""
+    found = agents.get(name)
+    if found is None:
+        known = ", ".join(map(repr, agents)) or "none"
+        raise AgentNotFound(f"no agent named {name!r} (agents: {known})")
+    return found
+
+
 # -- errors ------------------------------------------------------------------------------
 class HubError(Exception):
     """Base of the hub's errors; ``message`` says what went wrong."""
@@ -411,10 +420,7 @@ class LocalHub(RunHub):
     ) -> str:
         if self._closed:
             raise HubError("the hub is closed")
-        found = self.agents.get(agent)
-        if found is None:
-            known = ", ".join(map(repr, self.agents)) or "none"
-            raise AgentNotFound(f"no agent named {agent!r} (agents: {known})")
+        found = agent_named(self.agents, agent)
         try:
             run = found.run(input)
         except ApprovalError as error:
