@@ -213,15 +213,20 @@ class Agent:
         conversation: ConversationInput,
         cancel: Observable[Any] | None,
         interrupt: Callable[[], None] | None,
+        current: Agent | None = None,
     ) -> Observable[AgentEvent]:
         """One run's events on ``conversation`` (cold, not multicast).
 
         A conversation whose history handed off to other agents goes on with the last
-        of them (its config), under this agent's policy: a run paused after a handoff
-        resumes where it was.
+        of them (``current``, found here when not given: its config), under this
+        agent's policy: a run paused after a handoff resumes where it was.
         """
-        history = Conversation.of(conversation)
-        current = self.handed_off_to(history)
+        if isinstance(conversation, Conversation):
+            history = conversation
+        else:
+            history = Conversation.of(conversation)
+        if current is None:
+            current = self.handed_off_to(history)
         config = (
             current.config if cancel is None else dataclasses.replace(current.config, cancel=cancel)
         )
@@ -248,10 +253,11 @@ class Agent:
         the waiting calls, ...).
         """
         conversation = Conversation.of(input)
-        self.handed_off_to(conversation)._check_resumable(conversation)
+        current = self.handed_off_to(conversation)
+        current._check_resumable(conversation)
 
         def build(cancel: _Latch) -> Observable[AgentEvent]:
-            return self._events(conversation, cancel, cancel.fire)
+            return self._events(conversation, cancel, cancel.fire, current)
 
         return Run(build, conversation)
 
@@ -262,6 +268,8 @@ class Agent:
         completed), followed in order from this agent, each through the tools of the
         agent before it; the first of a turn counts, as in a run.
         """
+        if not any(getattr(tool, "handoff_agent", None) for tool in self.tools):
+            return self  # no handoff starts from here: nothing to follow
         answered = {
             m.tool_call_id for m in conversation if isinstance(m, ToolMessage) and not m.is_error
         }
